@@ -1,0 +1,44 @@
+"""The one `edge-gfs` command. Each subcommand lives in its own module, imported only when used, so
+the node never loads the trainer (and the trainer can be left out of a robot's install)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "segment": ("edge_gfs.segment", "segment frames and write colour overlays"),
+    "evaluate": ("edge_gfs.evaluate", "mIoU on a CamVid split, optionally after teaching K shots"),
+    "models": ("edge_gfs.models_cmd", "list the bundled models"),
+    "train": ("trainer.train", "train a CAPL, baseline or oracle model (desktop; needs the trainer)"),
+}
+
+USAGE = "usage: edge-gfs COMMAND [--help] ...\n\ncommands:\n" + "\n".join(
+    f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()
+) + "\n\nexample:\n  edge-gfs segment --model camvid --count 4 --out out/segment\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"edge-gfs: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module_name = COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            print(f"edge-gfs {name}: {module_name} is not installed; install edge-gfs from its repository "
+                  f"(pip install -e .)", file=sys.stderr)
+            return 2
+        raise
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

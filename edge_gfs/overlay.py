@@ -1,0 +1,45 @@
+"""Colours and overlays for label maps (OpenCV drawing, BGR)."""
+
+from __future__ import annotations
+
+import colorsys
+
+import cv2
+import numpy as np
+
+# SegNet's CamVid palette (RGB), so pictures look like the ones people know.
+CAMVID_RGB = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+              (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]
+
+
+def color_for(class_id: int) -> tuple[int, int, int]:
+    """RGB colour of a class id: CamVid's palette first, then well-spread hues."""
+    if class_id < len(CAMVID_RGB):
+        return CAMVID_RGB[class_id]
+    h = (class_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def palette_bgr() -> np.ndarray:
+    """(256,3) uint8 lookup table; 255 (unknown/ignore) is black."""
+    lut = np.array([color_for(i)[::-1] for i in range(256)], dtype=np.uint8)
+    lut[255] = 0
+    return lut
+
+
+def overlay(frame_bgr: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    colour = palette_bgr()[labels]
+    return cv2.addWeighted(frame_bgr, 1.0 - alpha, colour, alpha, 0.0)
+
+
+def legend(names: dict[int, str], height: int) -> np.ndarray:
+    """A white strip listing class colours and names, to put beside an overlay."""
+    strip = np.full((height, 170, 3), 255, np.uint8)
+    for k, (cid, name) in enumerate(sorted(names.items())):
+        y = 8 + 20 * k
+        if y + 14 > height:
+            break
+        cv2.rectangle(strip, (8, y), (24, y + 14), color_for(cid)[::-1], -1)
+        cv2.putText(strip, f"{cid} {name}", (30, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip

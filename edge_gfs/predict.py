@@ -1,0 +1,122 @@
+"""Frame -> label map with a model and a classifier: the per-frame path shared by the node, `edge-gfs
+segment`, the trainer's validation and the benchmark.
+
+Frames are BGR uint8 (OpenCV's layout); the network sees RGB at the model's input size and the logits are
+upsampled back to the frame's size before the argmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import capl
+from .model import CaplModel
+from .registry import Classifier, Shot, build_classifier, shot_from_features, shot_id_of
+
+
+@dataclass
+class InferenceOptions:
+    """Which CAPL parts run at test time. CAPL models use both; the baseline uses neither (Eq. 2)."""
+
+    sce: bool = True
+    dqce: bool = True
+
+    @classmethod
+    def for_method(cls, method: str) -> "InferenceOptions":
+        on = method == "capl"
+        return cls(sce=on, dqce=on)
+
+
+def to_input(frames_bgr: list[np.ndarray], input_hw: tuple[int, int]) -> torch.Tensor:
+    """Resize to the model's input size, BGR->RGB, stack to (B,3,H,W) float in 0..255."""
+    h, w = input_hw
+    batch = [cv2.cvtColor(cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB) for f in frames_bgr]
+    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float()
+
+
+class Segmenter:
+    """A model plus its current classifier. Not thread-safe by design: the node swaps `classifier` between frames."""
+
+    def __init__(self, model: CaplModel, options: InferenceOptions | None = None) -> None:
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.options = options or InferenceOptions.for_method(model.cfg.method)
+        self.shots: list[Shot] = []
+        self.classifier = self.rebuild([])
+
+    # -- classifier -------------------------------------------------------------------------------------------
+    def rebuild(self, shots: list[Shot]) -> Classifier:
+        """Classifier for a set of shots; SCE off keeps the learned base rows (the baseline's Eq. 2)."""
+        p_cls = self.model.prototypes.detach()
+        clf = build_classifier(p_cls, self.model.g_sup, self.cfg.base_classes, shots, self.cfg.sce_pooling)
+        if not self.options.sce:
+            clf.base_rows = capl.l2n(p_cls)
+        return clf
+
+    def set_shots(self, shots: list[Shot]) -> None:
+        self.shots = list(shots)
+        self.classifier = self.rebuild(self.shots)
+
+    # -- per frame ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.model.extractor(rgb)
+
+    @torch.no_grad()
+    def logits(self, feats: torch.Tensor, classifier: Classifier | None = None) -> torch.Tensor:
+        clf = classifier or self.classifier
+        return capl.classify(feats, self.model.prototypes, clf.base_rows, clf.novel_rows, self.cfg.alpha,
+                             self.cfg.dqce_weighting, dqce_on=self.options.dqce)
+
+    @torch.no_grad()
+    def label_maps(self, logits: torch.Tensor, out_hw: tuple[int, int], classifier: Classifier | None = None) -> np.ndarray:
+        """Upsample bilinearly to the frame size, argmax, map rows to class ids -> (B,H,W) uint8."""
+        clf = classifier or self.classifier
+        up = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
+        lut = torch.tensor(clf.row_ids, dtype=torch.uint8)
+        return lut[up.argmax(dim=1)].numpy()
+
+    def segment(self, frames_bgr: list[np.ndarray]) -> np.ndarray:
+        """Frames of one size -> label maps (B,H,W) uint8 of that size."""
+        rgb = to_input(frames_bgr, self.cfg.input_hw)
+        return self.label_maps(self.logits(self.features(rgb)), frames_bgr[0].shape[:2])
+
+    # -- teach --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def make_shot(self, image_bgr: np.ndarray, mask: np.ndarray, target: int, labels: np.ndarray | None = None,
+                  shot_id: str | None = None) -> Shot:
+        """Statistics of one teaching frame (SCE's inputs). mask (H,W) nonzero = the taught class.
+
+        With `labels` (full label map, 255 = ignore) the base context comes from them; without, from the
+        model's own confident base prediction outside the mask.
+        """
+        if mask.shape[:2] != image_bgr.shape[:2]:
+            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                             f"{image_bgr.shape[1]}x{image_bgr.shape[0]}: they must match")
+        feats = self.features(to_input([image_bgr], self.cfg.input_hw))
+        size = feats.shape[-2:]
+        m = torch.from_numpy(np.ascontiguousarray(mask != 0))[None]
+        m_small = capl.downsample_labels(m.long(), size).bool()
+        if labels is not None:
+            lab = torch.from_numpy(labels.astype(np.int64))[None]
+            lab = torch.where(m, torch.full_like(lab, target), lab)
+            class_map = capl.downsample_labels(lab, size)
+            keep = torch.tensor(self.cfg.base_classes + [target])
+            class_map = torch.where(torch.isin(class_map, keep), class_map, torch.full_like(class_map, capl.IGNORE))
+            mode = "labels"
+        else:
+            base_only = self.rebuild([])
+            base_logits = capl.classify(feats, self.model.prototypes, base_only.base_rows, base_only.novel_rows,
+                                        self.cfg.alpha, self.cfg.dqce_weighting, dqce_on=self.options.dqce)
+            class_map = capl.pseudo_context_labels(base_logits, m_small, target,
+                                                   torch.tensor(self.cfg.base_classes), self.cfg.pseudo_threshold)
+            mode = "mask"
+        if shot_id is None:
+            parts = [image_bgr.tobytes(), mask.tobytes()] + ([labels.tobytes()] if labels is not None else [])
+            shot_id = shot_id_of(str(target).encode(), *parts)
+        return shot_from_features(feats, class_map, target, shot_id, mode)
