@@ -162,6 +162,8 @@ def fake_novel_prototypes(sup_features: torch.Tensor, sup_labels: torch.Tensor, 
 def upsampled_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy after bilinear upsampling of the logits to the label size (ignore = 255)."""
     up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    if not bool((labels != IGNORE).any()):
+        return up.sum() * 0.0  # an all-ignore batch teaches nothing (plain CE would give NaN)
     return F.cross_entropy(up, labels, ignore_index=IGNORE)
 
 

@@ -25,6 +25,7 @@ class InferenceOptions:
 
     sce: bool = True
     dqce: bool = True
+    weighting: str | None = None  # override the model's dqce_weighting ("impl" or "paper") at test time
 
     @classmethod
     def for_method(cls, method: str) -> "InferenceOptions":
@@ -46,6 +47,7 @@ class Segmenter:
         self.model = model.eval()
         self.cfg = model.cfg
         self.options = options or InferenceOptions.for_method(model.cfg.method)
+        self.weighting = self.options.weighting or model.cfg.dqce_weighting
         self.shots: list[Shot] = []
         self.classifier = self.rebuild([])
 
@@ -71,7 +73,7 @@ class Segmenter:
     def logits(self, feats: torch.Tensor, classifier: Classifier | None = None) -> torch.Tensor:
         clf = classifier or self.classifier
         return capl.classify(feats, self.model.prototypes, clf.base_rows, clf.novel_rows, self.cfg.alpha,
-                             self.cfg.dqce_weighting, dqce_on=self.options.dqce)
+                             self.weighting, dqce_on=self.options.dqce)
 
     @torch.no_grad()
     def label_maps(self, logits: torch.Tensor, out_hw: tuple[int, int], classifier: Classifier | None = None) -> np.ndarray:
@@ -95,10 +97,25 @@ class Segmenter:
         With `labels` (full label map, 255 = ignore) the base context comes from them; without, from the
         model's own confident base prediction outside the mask.
         """
-        if mask.shape[:2] != image_bgr.shape[:2]:
-            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                             f"{image_bgr.shape[1]}x{image_bgr.shape[0]}: they must match")
+        for what, arr in (("mask", mask), ("labels", labels)):
+            if arr is not None and arr.shape[:2] != image_bgr.shape[:2]:
+                raise ValueError(f"{what} is {arr.shape[1]}x{arr.shape[0]} but the image is "
+                                 f"{image_bgr.shape[1]}x{image_bgr.shape[0]}: they must match")
+        painted = np.count_nonzero(mask)
+        if painted == 0:
+            raise ValueError("the mask is empty: paint the object to teach (nonzero pixels)")
+        if painted == mask.size:
+            raise ValueError("the mask covers the whole image: paint only the object, so the rest gives context")
+        if shot_id is None:
+            parts = [image_bgr.tobytes(), mask.tobytes()] + ([labels.tobytes()] if labels is not None else [])
+            shot_id = shot_id_of(str(target).encode(), *parts)
         feats = self.features(to_input([image_bgr], self.cfg.input_hw))
+        return self.shot_from_features(feats, mask, target, shot_id, labels)
+
+    @torch.no_grad()
+    def shot_from_features(self, feats: torch.Tensor, mask: np.ndarray, target: int, shot_id: str,
+                           labels: np.ndarray | None = None) -> Shot:
+        """make_shot after the feature extractor: lets the benchmark reuse cached features."""
         size = feats.shape[-2:]
         m = torch.from_numpy(np.ascontiguousarray(mask != 0))[None]
         m_small = capl.downsample_labels(m.long(), size).bool()
@@ -110,13 +127,8 @@ class Segmenter:
             class_map = torch.where(torch.isin(class_map, keep), class_map, torch.full_like(class_map, capl.IGNORE))
             mode = "labels"
         else:
-            base_only = self.rebuild([])
-            base_logits = capl.classify(feats, self.model.prototypes, base_only.base_rows, base_only.novel_rows,
-                                        self.cfg.alpha, self.cfg.dqce_weighting, dqce_on=self.options.dqce)
+            base_logits = self.logits(feats, self.rebuild([]))
             class_map = capl.pseudo_context_labels(base_logits, m_small, target,
                                                    torch.tensor(self.cfg.base_classes), self.cfg.pseudo_threshold)
             mode = "mask"
-        if shot_id is None:
-            parts = [image_bgr.tobytes(), mask.tobytes()] + ([labels.tobytes()] if labels is not None else [])
-            shot_id = shot_id_of(str(target).encode(), *parts)
         return shot_from_features(feats, class_map, target, shot_id, mode)

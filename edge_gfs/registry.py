@@ -97,6 +97,8 @@ def build_classifier(p_cls: torch.Tensor, g_sup: Gate, base_ids: list[int], shot
 
     Novel ids are the targets of shots that are not base classes, in increasing id order.
     """
+    if len({s.shot_id for s in shots}) != len(shots):
+        raise ValueError("two shots share a shot_id: the canonical order (and so the classifier bits) needs unique ids")
     novel_ids = sorted({s.target for s in shots} - set(base_ids))
     dim = p_cls.shape[1]
     if shots:

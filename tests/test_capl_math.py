@@ -471,3 +471,11 @@ def test_capl_loss_single_image_batch():
     loss = capl.capl_loss(feats[:1], labels[:1], p_cls, const_gate(0.5), 10.0,
                           generator=torch.Generator().manual_seed(0))
     assert loss.dim() == 0 and torch.isfinite(loss)
+
+
+def test_upsampled_ce_of_an_all_ignore_batch_is_zero_not_nan():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    loss = capl.upsampled_ce(logits, torch.full((1, 4, 4), 255, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))

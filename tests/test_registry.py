@@ -346,11 +346,18 @@ def test_make_shot_size_mismatch_raises(seg, frame):
 def test_make_shot_empty_mask_raises(seg, frame):
     img, lab = frame
     empty = np.zeros(lab.shape, np.uint8)
-    with pytest.raises(ValueError, match="no pixel"):
+    with pytest.raises(ValueError, match="mask is empty"):
         seg.make_shot(img, empty, 9)
-    assert 10 not in np.unique(lab)  # the frame shows no Bicyclist: labels cannot supply the target either
-    with pytest.raises(ValueError, match="no pixel"):
-        seg.make_shot(img, empty, 10, labels=lab)
+    with pytest.raises(ValueError, match="mask is empty"):  # labels never stand in for the painted mask
+        seg.make_shot(img, empty, 8, labels=lab)
+    with pytest.raises(ValueError, match="whole image"):
+        seg.make_shot(img, np.ones(lab.shape, np.uint8), 9)
+
+
+def test_make_shot_labels_size_mismatch_raises(seg, frame):
+    img, lab = frame
+    with pytest.raises(ValueError, match="labels is .* must match"):
+        seg.make_shot(img, lab == 8, 8, labels=lab[:-8])
 
 
 def test_make_shot_mask_too_small_raises(seg, frame):
@@ -360,3 +367,11 @@ def test_make_shot_mask_too_small_raises(seg, frame):
     mask[1, 1] = 1
     with pytest.raises(ValueError, match="no pixel"):
         seg.make_shot(img, mask, 9)
+
+
+def test_duplicate_shot_ids_are_refused():
+    d = 8
+    shot = Shot(shot_id="same", target=9, class_ids=(9,), sums_raw=np.ones((1, d)), sums_unit=np.ones((1, d)),
+                counts=np.array([3]))
+    with pytest.raises(ValueError, match="share a shot_id"):
+        build_classifier(torch.randn(4, d), GSup(d), [0, 1, 2, 3], [shot, shot])
