@@ -30,12 +30,18 @@ EXAMPLE = """examples:
 MIN_SUPPORT_PIXELS = 1000
 
 
-def draw_supports(data: Dataset, novel: list[int], k: int, seed: int) -> dict[int, list[str]]:
+def class_pixel_counts(data: Dataset, split: str = "train") -> dict[str, np.ndarray]:
+    """Pixels of each label value per frame: what support drawing filters on."""
+    return {n: np.bincount(data.read(split, n)[1].ravel(), minlength=256) for n in data.names(split)}
+
+
+def draw_supports(data: Dataset, novel: list[int], k: int, seed: int,
+                  counts: dict[str, np.ndarray] | None = None) -> dict[int, list[str]]:
     """K distinct train frames per novel class, each with >= 1,000 pixels of it (360x480), by seed."""
     rng = np.random.default_rng(seed)
-    names = data.names("train")
+    counts = counts or class_pixel_counts(data)
+    names = sorted(counts)
     chosen: dict[int, list[str]] = {}
-    counts = {n: np.bincount(data.read("train", n)[1].ravel(), minlength=256) for n in names}
     for c in novel:
         candidates = [n for n in names if counts[n][c] >= MIN_SUPPORT_PIXELS]
         if len(candidates) < k:
