@@ -123,12 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="trained-model cache (default bench/models)")
     p.add_argument("--jobs", type=int, default=2, help="trainers in parallel (one core each)")
     p.add_argument("--folds", default="0,1")
+    p.add_argument("--split", default="test", choices=["val", "test"],
+                   help="val for tuning decisions; test only for reporting")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     t_start = time.time()
     folds = ["0"] if args.quick else args.folds.split(",")
     seeds, shots = ([123], [1]) if args.quick else (SEEDS, SHOTS)
-    out = args.out or REPO / "bench" / "results" / ("quick" if args.quick else "")
+    out = args.out or REPO / "bench" / "results" / ("quick" if args.quick else "") / ("" if args.split == "test" else "val")
     cache = args.cache or REPO / "bench" / ("cache-quick" if args.quick else "models")
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
@@ -142,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     train_wall = time.time() - t0
 
     data = camvid()
-    test_names = data.names("test")[: 8 if args.quick else None]
-    test = [data.read("test", n) for n in test_names]
+    test_names = data.names(args.split)[: 8 if args.quick else None]
+    test = [data.read(args.split, n) for n in test_names]
     test_imgs, test_gts = [t[0] for t in test], [t[1] for t in test]
     counts = class_pixel_counts(data)
     n_cls = len(CAMVID_CLASSES)
@@ -199,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - t_start
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     report = {"benchmark": "GFS-CamVid", "quick": args.quick, "commit": commit,
-              "command": "python bench/gfs_camvid.py" + (" --quick" if args.quick else ""),
-              "test_frames": len(test_names), "folds": folds, "shots": shots, "seeds": seeds, "modes": MODES,
+              "command": "python bench/gfs_camvid.py" + (" --quick" if args.quick else "")
+              + (" --split val" if args.split == "val" else ""),
+              "split": args.split, "test_frames": len(test_names), "folds": folds, "shots": shots,
+              "seeds": seeds, "modes": MODES,
               "models": models_info, "train_wall_seconds": train_wall, "wall_seconds": wall,
               "summary": summary, "runs": results}
     (out / "gfs_camvid.json").write_text(json.dumps(report, indent=1))
@@ -234,7 +238,7 @@ def fmt(ms: dict | None) -> str:
 def markdown(report: dict) -> str:
     rows = report["summary"]
     lines = [f"# GFS-CamVid results{' (QUICK: tiny models, not results)' if report['quick'] else ''}", "",
-             f"Command: `{report['command']}` at commit `{report['commit'][:10]}`; {report['test_frames']} test frames; "
+             f"Command: `{report['command']}` at commit `{report['commit'][:10]}`; {report['test_frames']} {report['split']} frames; "
              f"mean ± std over seeds {report['seeds']}; wall time {report['wall_seconds'] / 60:.1f} min "
              f"(training {report['train_wall_seconds'] / 60:.1f} min).", ""]
     for f in report["folds"]:
