@@ -40,6 +40,22 @@ def to_input(frames_bgr: list[np.ndarray], input_hw: tuple[int, int]) -> torch.T
     return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float()
 
 
+def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """argmax over dim 1 of (B,N,H,W) -> (B,H,W) uint8 row index (N <= 256), equal to scores.argmax(1).
+
+    Why not argmax(1): on CPU, torch reduces over the strided class dimension several times slower than this
+    running maximum over N contiguous planes, and at full frame size that was most of the per-frame time after
+    the network. Strict `>` keeps the first maximum on ties, as argmax does.
+    """
+    best = scores[:, 0].clone()
+    idx = torch.zeros(best.shape, dtype=torch.uint8)
+    for k in range(1, scores.shape[1]):
+        plane = scores[:, k]
+        idx.masked_fill_(plane > best, k)
+        best = torch.maximum(best, plane)
+    return idx
+
+
 class Segmenter:
     """A model plus its current classifier. Not thread-safe by design: the node swaps `classifier` between frames."""
 
@@ -80,8 +96,23 @@ class Segmenter:
         """Upsample bilinearly to the frame size, argmax, map rows to class ids -> (B,H,W) uint8."""
         clf = classifier or self.classifier
         up = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
-        lut = torch.tensor(clf.row_ids, dtype=torch.uint8)
-        return lut[up.argmax(dim=1)].numpy()
+        return np.asarray(clf.row_ids, dtype=np.uint8)[argmax_rows(up).numpy()]
+
+    @torch.no_grad()
+    def label_maps_confidence(self, logits: torch.Tensor, out_hw: tuple[int, int], classifier: Classifier | None = None,
+                              confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """label_maps plus, on request, the winning class's softmax probability as uint8 (0-255).
+
+        The labels come from the same argmax as label_maps (not from the softmax), so switching confidence on
+        never changes a label.
+        """
+        clf = classifier or self.classifier
+        up = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
+        labels = np.asarray(clf.row_ids, dtype=np.uint8)[argmax_rows(up).numpy()]
+        if not confidence:
+            return labels, None
+        prob = torch.softmax(up, dim=1).amax(dim=1)
+        return labels, (prob * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
     def segment(self, frames_bgr: list[np.ndarray]) -> np.ndarray:
         """Frames of one size -> label maps (B,H,W) uint8 of that size."""
@@ -119,10 +150,15 @@ class Segmenter:
         size = feats.shape[-2:]
         m = torch.from_numpy(np.ascontiguousarray(mask != 0))[None]
         m_small = capl.downsample_labels(m.long(), size).bool()
+        if not bool(m_small.any()):
+            # a thin object (a pole is ~2 px wide at 360x480) can fall between the nearest samples of the
+            # stride-8 grid: then take every feature cell the mask touches, so it can still be taught
+            m_small = F.adaptive_max_pool2d(m[:, None].float(), size)[:, 0].bool()
         if labels is not None:
             lab = torch.from_numpy(labels.astype(np.int64))[None]
             lab = torch.where(m, torch.full_like(lab, target), lab)
             class_map = capl.downsample_labels(lab, size)
+            class_map = torch.where(m_small, torch.full_like(class_map, target), class_map)
             keep = torch.tensor(self.cfg.base_classes + [target])
             class_map = torch.where(torch.isin(class_map, keep), class_map, torch.full_like(class_map, capl.IGNORE))
             mode = "labels"

@@ -360,13 +360,16 @@ def test_make_shot_labels_size_mismatch_raises(seg, frame):
         seg.make_shot(img, lab == 8, 8, labels=lab[:-8])
 
 
-def test_make_shot_mask_too_small_raises(seg, frame):
-    # a single painted pixel off the nearest-sampling grid vanishes at 1/8 resolution
+def test_make_shot_keeps_a_thin_mask_that_nearest_sampling_misses(seg, frame):
+    # a 2-px-wide vertical strip (a pole) off the nearest-sampling grid vanishes under nearest downsampling;
+    # the shot then takes every feature cell the mask touches instead of refusing a valid object
     img, lab = frame
     mask = np.zeros(lab.shape, np.uint8)
-    mask[1, 1] = 1
-    with pytest.raises(ValueError, match="no pixel"):
-        seg.make_shot(img, mask, 9)
+    mask[:, 1:3] = 1
+    feats = seg.features(to_input([img], seg.cfg.input_hw))
+    assert not capl.downsample_labels(torch.from_numpy(mask).long()[None], feats.shape[-2:]).any()
+    shot = seg.make_shot(img, mask, 9)
+    assert shot.counts[shot.class_ids.index(9)] == feats.shape[-2]  # one column of cells, full height
 
 
 def test_duplicate_shot_ids_are_refused():
