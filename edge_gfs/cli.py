@@ -11,6 +11,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("edge_gfs.segment", "segment frames and write colour overlays"),
     "evaluate": ("edge_gfs.evaluate", "mIoU on a CamVid split, optionally after teaching K shots"),
     "models": ("edge_gfs.models_cmd", "list the bundled models"),
+    "run": ("edge_gfs.node", "the streaming node: frames in, label maps out, live teaching"),
+    "camera": ("edge_gfs.camera", "publish frames from a camera, video or image folder"),
+    "teach": ("edge_gfs.teach", "teach a running node a class from a few image + mask shots"),
+    "forget": ("edge_gfs.forget", "make a running node forget a taught class"),
+    "classes": ("edge_gfs.classes", "list a node's classes; export/import class packs"),
+    "view": ("edge_gfs.view", "overlay viewer of the label maps (window, or --out video/PNGs)"),
+    "launch": ("edge_gfs.launch", "start a pipeline (publisher, node, ...) from a YAML file; restart what dies"),
+    "keys": ("edge_gfs.keys", "create a CURVE key pair for a teach socket reachable from other hosts"),
     "train": ("trainer.train", "train a CAPL, baseline or oracle model (desktop; needs the trainer)"),
 }
 

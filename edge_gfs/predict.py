@@ -94,9 +94,7 @@ class Segmenter:
     @torch.no_grad()
     def label_maps(self, logits: torch.Tensor, out_hw: tuple[int, int], classifier: Classifier | None = None) -> np.ndarray:
         """Upsample bilinearly to the frame size, argmax, map rows to class ids -> (B,H,W) uint8."""
-        clf = classifier or self.classifier
-        up = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
-        return np.asarray(clf.row_ids, dtype=np.uint8)[argmax_rows(up).numpy()]
+        return self.label_maps_confidence(logits, out_hw, classifier)[0]
 
     @torch.no_grad()
     def label_maps_confidence(self, logits: torch.Tensor, out_hw: tuple[int, int], classifier: Classifier | None = None,
