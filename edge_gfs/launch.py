@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from .yaml_flags import read_yaml
 
 EXAMPLE = """examples:
   edge-gfs launch launch/replay.yaml        # CamVid replay publisher + node (camvid-fold0)
@@ -52,12 +52,7 @@ class Child:
 
 def load(path: Path) -> tuple[list[Child], bool, float]:
     from .cli import COMMANDS
-    try:
-        spec = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise LaunchError(f"cannot read {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise LaunchError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    spec = read_yaml(path, LaunchError)
     procs = spec.get("processes") if isinstance(spec, dict) else None
     if not isinstance(procs, list) or not procs:
         raise LaunchError(f"{path}: needs a non-empty 'processes' list of {{name, command}}")

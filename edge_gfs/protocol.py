@@ -170,15 +170,21 @@ def _check_dims(w: int, h: int, what: str, limits: Limits) -> None:
                                       f"and {limits.max_image_side} per side")
 
 
-def decode_image(data: bytes, what: str = "image", limits: Limits = LIMITS) -> np.ndarray:
-    """JPEG/PNG bytes -> BGR uint8 (H,W,3)."""
+def _check_encoded(data: bytes, what: str, code: str, formats: tuple[str, ...], limits: Limits,
+                   wrong_format: str) -> None:
+    """Type, format and header size before decoding, so a huge or foreign payload is refused unread."""
     if not isinstance(data, (bytes, bytearray)):
         raise RequestError(BAD_REQUEST, f"{what} must be bytes")
-    if image_format(data) is None:
-        raise RequestError(BAD_IMAGE, f"{what} is not a JPEG or PNG file")
+    if image_format(data) not in formats:
+        raise RequestError(code, f"{what} {wrong_format}")
     size = header_size(data)
     if size is not None:
         _check_dims(size[0], size[1], what, limits)
+
+
+def decode_image(data: bytes, what: str = "image", limits: Limits = LIMITS) -> np.ndarray:
+    """JPEG/PNG bytes -> BGR uint8 (H,W,3)."""
+    _check_encoded(data, what, BAD_IMAGE, ("jpeg", "png"), limits, "is not a JPEG or PNG file")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise RequestError(BAD_IMAGE, f"{what} could not be decoded (corrupt or truncated)")
@@ -187,13 +193,7 @@ def decode_image(data: bytes, what: str = "image", limits: Limits = LIMITS) -> n
 
 
 def _decode_png(data: bytes, what: str, code: str, limits: Limits) -> np.ndarray:
-    if not isinstance(data, (bytes, bytearray)):
-        raise RequestError(BAD_REQUEST, f"{what} must be bytes")
-    if image_format(data) != "png":
-        raise RequestError(code, f"{what} must be a PNG file (lossless)")
-    size = header_size(data)
-    if size is not None:
-        _check_dims(size[0], size[1], what, limits)
+    _check_encoded(data, what, code, ("png",), limits, "must be a PNG file (lossless)")
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise RequestError(code, f"{what} could not be decoded (corrupt or truncated PNG)")

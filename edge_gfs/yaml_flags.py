@@ -17,14 +17,19 @@ class ConfigError(Exception):
     pass
 
 
+def read_yaml(path: Path, error: type[Exception]) -> object:
+    """Parse a YAML file, turning I/O and syntax problems into one-line `error`s (no traceback for users)."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
 def load_flags(parser: argparse.ArgumentParser, path: Path) -> dict:
     """YAML map of flag -> value, converted and checked by the parser's own actions."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(path, ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a map of flag: value")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}

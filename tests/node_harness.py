@@ -6,6 +6,7 @@ test never waits long for a periodic message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -147,3 +148,16 @@ def frames_with(data, split: str, class_id: int, count: int, min_pixels: int = 5
     names = [n for n in data.names(split) if (data.read(split, n)[1] == class_id).sum() >= min_pixels]
     idx = np.linspace(0, len(names) - 1, count).round().astype(int)
     return [names[i] for i in idx]
+
+
+@contextlib.contextmanager
+def running_node(state_dir, model: str = "camvid-fold0", extra: tuple[str, ...] = ()):
+    """A node process with connected client sockets; stopped cleanly (exit code 0) afterwards."""
+    require_model(model)
+    node = NodeProc(state_dir, model, extra=extra).start()
+    node.wait_ready()
+    w = Wire(node)
+    w.connect()
+    yield w
+    w.close()
+    assert node.stop() == 0, node.log_text()

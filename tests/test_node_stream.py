@@ -19,7 +19,7 @@ import pytest
 from edge_gfs import protocol as P
 from edge_gfs.client import FramePublisher, LabelSubscriber, segment_via
 
-from node_harness import REPO, NodeProc, Wire, require_camvid, require_model
+from node_harness import REPO, NodeProc, require_camvid, require_model, running_node
 
 BASE = set(range(8))
 
@@ -31,14 +31,8 @@ def data():
 
 @pytest.fixture(scope="module")
 def wire(tmp_path_factory):
-    require_model("camvid-fold0")
-    node = NodeProc(tmp_path_factory.mktemp("stream"), "camvid-fold0", extra=("--confidence",)).start()
-    node.wait_ready()
-    w = Wire(node)
-    w.connect()
-    yield w
-    w.close()
-    assert node.stop() == 0, node.log_text()
+    with running_node(tmp_path_factory.mktemp("stream"), extra=("--confidence",)) as w:
+        yield w
 
 
 def collect(sub, until: threading.Event, quiet_s: float = 3.0) -> list[P.LabelMap]:

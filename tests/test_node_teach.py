@@ -20,7 +20,7 @@ from edge_gfs.client import segment_via
 from edge_gfs.evaluate import draw_supports
 from edge_gfs.predict import Segmenter
 
-from node_harness import NodeProc, Wire, cli, frames_with, require_camvid, require_model
+from node_harness import Wire, cli, frames_with, require_camvid, running_node
 
 CAR = 8
 # Measured 38.0 on these 8 car-rich test frames with the bundled camvid-fold0 (GFS-CamVid reports 25.2 over all
@@ -36,14 +36,8 @@ def data():
 
 @pytest.fixture(scope="module")
 def wire(tmp_path_factory, data):
-    require_model("camvid-fold0")
-    node = NodeProc(tmp_path_factory.mktemp("teach"), "camvid-fold0").start()
-    node.wait_ready()
-    w = Wire(node)
-    w.connect()
-    yield w
-    w.close()
-    assert node.stop() == 0, node.log_text()
+    with running_node(tmp_path_factory.mktemp("teach")) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")
