@@ -46,8 +46,11 @@ SEEDS, SHOTS, MODES = [123, 321, 456, 654, 999], [1, 5], ["mask", "full"]
 # system -> (which trained model, test-time options)
 SYSTEMS: dict[str, tuple[str, InferenceOptions | None]] = {
     "oracle": ("oracle", None),
-    "baseline": ("baseline", InferenceOptions(sce=False, dqce=False)),
+    "baseline": ("baseline", InferenceOptions(sce=False, dqce=False, novel_bias=0.0)),
     "capl": ("capl", InferenceOptions(sce=True, dqce=True)),
+    # the registration calibration (capl.calibrate_novel, chosen on val by bench/val_tuning.py) on and off
+    "capl_uncalibrated": ("capl", InferenceOptions(sce=True, dqce=True, novel_bias=0.0)),
+    "baseline_calibrated": ("baseline", InferenceOptions(sce=False, dqce=False)),
     "sce_only": ("capl", InferenceOptions(sce=True, dqce=False)),
     "dqce_only": ("capl", InferenceOptions(sce=False, dqce=True)),
     "capl_on_baseline": ("baseline", InferenceOptions(sce=True, dqce=True)),

@@ -113,13 +113,31 @@ def assemble(base_rows: torch.Tensor, p_dyn: torch.Tensor, novel_rows: torch.Ten
 
 
 def classify(features: torch.Tensor, p_cls: torch.Tensor, base_rows: torch.Tensor, novel_rows: torch.Tensor,
-             alpha: float, weighting: str = "impl", dqce_on: bool = True) -> torch.Tensor:
-    """Inference logits (B, N_b+N_n, h, w): DQCE with the original P_cls, cached SCE rows, novel rows."""
+             alpha: float, weighting: str = "impl", dqce_on: bool = True, novel_bias: float = 0.0) -> torch.Tensor:
+    """Inference logits (B, N_b+N_n, h, w): DQCE with the original P_cls, cached SCE rows, novel rows.
+
+    `novel_bias` is subtracted from every novel row's cosine (calibrated stacking): see calibrate_novel.
+    """
     if dqce_on:
         p_dyn = dqce(features, p_cls, alpha, weighting)
     else:
         p_dyn = torch.zeros(features.shape[0], *p_cls.shape, dtype=features.dtype, device=features.device)
-    return cosine_logits(features, assemble(base_rows, p_dyn, novel_rows), alpha)
+    logits = cosine_logits(features, assemble(base_rows, p_dyn, novel_rows), alpha)
+    return calibrate_novel(logits, p_cls.shape[0], alpha, novel_bias)
+
+
+def calibrate_novel(logits: torch.Tensor, n_base: int, alpha: float, novel_bias: float) -> torch.Tensor:
+    """Lower the novel rows' logits by alpha * novel_bias (a margin in cosine units), in place.
+
+    Why: a prototype from 5 shots sits closer to the features of the base classes around it than a learned
+    row does (CamVid's novel objects stand in front of Building), so uncalibrated it steals their pixels:
+    Building lost 20-40 IoU on val. One constant margin, tuned on val (bench/results/val/tuning.md), is
+    "calibrated stacking" (Chao et al., ECCV 2016) from generalized zero-shot learning. It costs nothing per
+    frame and keeps the classifier a pure function of the stored shots.
+    """
+    if novel_bias and logits.shape[1] > n_base:
+        logits[:, n_base:] -= alpha * novel_bias
+    return logits
 
 
 def pseudo_context_labels(base_logits: torch.Tensor, mask: torch.Tensor, target: int, base_ids: torch.Tensor,

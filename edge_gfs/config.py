@@ -39,6 +39,7 @@ class ModelConfig:
     dqce_weighting: str = "impl"  # "impl" (reference code) or "paper" (printed Eq. 6)
     sce_pooling: str = "raw"  # registration pools "raw" features (Eq. 1) or "normalised" ones (as Eq. 9)
     pseudo_threshold: float = 0.7  # min softmax confidence for pseudo base context in mask-only shots
+    novel_bias: float = 0.15  # cosine margin taken off novel rows (capl.calibrate_novel); tuned on val
 
     def __post_init__(self) -> None:
         self.input_hw = tuple(int(v) for v in self.input_hw)  # yaml/json give lists

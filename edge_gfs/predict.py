@@ -8,6 +8,7 @@ upsampled back to the frame's size before the argmax.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -26,11 +27,12 @@ class InferenceOptions:
     sce: bool = True
     dqce: bool = True
     weighting: str | None = None  # override the model's dqce_weighting ("impl" or "paper") at test time
+    novel_bias: float | None = None  # override the model's novel_bias (0 = uncalibrated, as in the paper)
 
     @classmethod
     def for_method(cls, method: str) -> "InferenceOptions":
         on = method == "capl"
-        return cls(sce=on, dqce=on)
+        return cls(sce=on, dqce=on, novel_bias=None if on else 0.0)
 
 
 def to_input(frames_bgr: list[np.ndarray], input_hw: tuple[int, int]) -> torch.Tensor:
@@ -56,14 +58,31 @@ def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
     return idx
 
 
+def check_shot(image_bgr: np.ndarray, mask: np.ndarray, labels: np.ndarray | None = None) -> None:
+    """Refuse a teaching frame that cannot give a prototype, with what to do about it (ValueError)."""
+    for what, arr in (("mask", mask), ("labels", labels)):
+        if arr is not None and arr.shape[:2] != image_bgr.shape[:2]:
+            raise ValueError(f"{what} is {arr.shape[1]}x{arr.shape[0]} but the image is "
+                             f"{image_bgr.shape[1]}x{image_bgr.shape[0]}: they must match")
+    painted = np.count_nonzero(mask)
+    if painted == 0:
+        raise ValueError("the mask is empty: paint the object to teach (nonzero pixels)")
+    if painted == mask.size:
+        raise ValueError("the mask covers the whole image: paint only the object, so the rest gives context")
+
+
 class Segmenter:
     """A model plus its current classifier. Not thread-safe by design: the node swaps `classifier` between frames."""
 
-    def __init__(self, model: CaplModel, options: InferenceOptions | None = None) -> None:
+    def __init__(self, model: CaplModel, options: InferenceOptions | None = None,
+                 extractor: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.model = model.eval()
+        # a compiled feature extractor (calib/: ONNX Runtime, TensorRT) or the eager network
+        self.extractor = extractor if extractor is not None else model.extractor
         self.cfg = model.cfg
         self.options = options or InferenceOptions.for_method(model.cfg.method)
         self.weighting = self.options.weighting or model.cfg.dqce_weighting
+        self.novel_bias = model.cfg.novel_bias if self.options.novel_bias is None else self.options.novel_bias
         self.shots: list[Shot] = []
         self.classifier = self.rebuild([])
 
@@ -83,13 +102,16 @@ class Segmenter:
     # -- per frame ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def features(self, rgb: torch.Tensor) -> torch.Tensor:
-        return self.model.extractor(rgb)
+        if self.extractor is self.model.extractor or rgb.shape[0] == 1:
+            return self.extractor(rgb)
+        # compiled artifacts are built for one static (1,3,H,W) input: a batch (a K-shot teach) goes through one by one
+        return torch.cat([self.extractor(rgb[i:i + 1]) for i in range(rgb.shape[0])])
 
     @torch.no_grad()
     def logits(self, feats: torch.Tensor, classifier: Classifier | None = None) -> torch.Tensor:
         clf = classifier or self.classifier
         return capl.classify(feats, self.model.prototypes, clf.base_rows, clf.novel_rows, self.cfg.alpha,
-                             self.weighting, dqce_on=self.options.dqce)
+                             self.weighting, dqce_on=self.options.dqce, novel_bias=self.novel_bias)
 
     @torch.no_grad()
     def label_maps(self, logits: torch.Tensor, out_hw: tuple[int, int], classifier: Classifier | None = None) -> np.ndarray:
@@ -126,20 +148,26 @@ class Segmenter:
         With `labels` (full label map, 255 = ignore) the base context comes from them; without, from the
         model's own confident base prediction outside the mask.
         """
-        for what, arr in (("mask", mask), ("labels", labels)):
-            if arr is not None and arr.shape[:2] != image_bgr.shape[:2]:
-                raise ValueError(f"{what} is {arr.shape[1]}x{arr.shape[0]} but the image is "
-                                 f"{image_bgr.shape[1]}x{image_bgr.shape[0]}: they must match")
-        painted = np.count_nonzero(mask)
-        if painted == 0:
-            raise ValueError("the mask is empty: paint the object to teach (nonzero pixels)")
-        if painted == mask.size:
-            raise ValueError("the mask covers the whole image: paint only the object, so the rest gives context")
-        if shot_id is None:
-            parts = [image_bgr.tobytes(), mask.tobytes()] + ([labels.tobytes()] if labels is not None else [])
-            shot_id = shot_id_of(str(target).encode(), *parts)
-        feats = self.features(to_input([image_bgr], self.cfg.input_hw))
-        return self.shot_from_features(feats, mask, target, shot_id, labels)
+        return self.make_shots([(image_bgr, mask, labels)], target, [shot_id])[0]
+
+    @torch.no_grad()
+    def make_shots(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], target: int,
+                   shot_ids: list[str | None] | None = None) -> list[Shot]:
+        """make_shot for K (image, mask, labels) frames with one batched forward pass.
+
+        Why batched: a teach with K=5 shots spent most of its time in five batch-1 passes; one batch of five
+        costs little more than two. Every frame is checked before the network runs, so a bad shot refuses the
+        whole request without work.
+        """
+        ids = list(shot_ids or [None] * len(items))
+        for k, (image_bgr, mask, labels) in enumerate(items):
+            check_shot(image_bgr, mask, labels)
+            if ids[k] is None:
+                parts = [image_bgr.tobytes(), mask.tobytes()] + ([labels.tobytes()] if labels is not None else [])
+                ids[k] = shot_id_of(str(target).encode(), *parts)
+        feats = self.features(to_input([it[0] for it in items], self.cfg.input_hw))
+        return [self.shot_from_features(feats[k:k + 1], mask, target, ids[k], labels)
+                for k, (_, mask, labels) in enumerate(items)]
 
     @torch.no_grad()
     def shot_from_features(self, feats: torch.Tensor, mask: np.ndarray, target: int, shot_id: str,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import protocol as P
-from .predict import Segmenter, to_input
+from .predict import Segmenter, check_shot, to_input
 from .registry import Classifier, Shot
 from .state import Registry, StateStore, export_pack, import_pack
 
@@ -110,13 +110,15 @@ class Teacher:
             labels = None if s.labels is None else P.decode_label_map(s.labels, image.shape[:2], f"shot {k} labels",
                                                                        self.limits)
             decoded.append((image, mask, labels))
-        out = []
         for k, (image, mask, labels) in enumerate(decoded):
-            try:
-                out.append(self.seg.make_shot(image, mask, class_id, labels))
+            try:  # the checks alone first, so the error names the shot; the forward pass is batched below
+                check_shot(image, mask, labels)
             except ValueError as e:
                 raise P.RequestError(P.BAD_MASK, f"shot {k}: {e}") from None
-        return out
+        try:
+            return self.seg.make_shots(decoded, class_id)
+        except ValueError as e:
+            raise P.RequestError(P.BAD_MASK, str(e)) from None
 
     def _classifier(self, reg: Registry) -> Classifier:
         try:

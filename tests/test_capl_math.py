@@ -282,6 +282,21 @@ def test_classify_with_dqce_hand_value():
     close(out[0, 1], [[10.0, 10.0, 10.0]])
 
 
+def test_classify_novel_bias_lowers_only_novel_rows():
+    # same setup as above: base logit 7.971752, novel logit 10; a 0.25 cosine margin takes 2.5 off the novel row
+    feats = uniform_feats()
+    args = (feats, torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]))
+    out = capl.classify(*args, alpha=10.0, novel_bias=0.25)
+    close(out[0, 0], [[7.971752, 7.971752, 7.971752]], atol=1e-5)
+    close(out[0, 1], [[7.5, 7.5, 7.5]])
+    assert out.argmax(1).eq(0).all()  # the margin flips these pixels from novel to base
+
+
+def test_calibrate_novel_without_novel_rows_is_identity():
+    logits = torch.randn(1, 3, 2, 2)
+    assert torch.equal(capl.calibrate_novel(logits.clone(), 3, 10.0, 0.5), logits)
+
+
 # ---------------------------------------------------------------------------------------------------- pseudo labels
 def pseudo_inputs():
     # 1x3 map, two base rows with class ids [5, 7]:

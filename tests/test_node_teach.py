@@ -23,9 +23,10 @@ from edge_gfs.predict import Segmenter
 from node_harness import Wire, cli, frames_with, require_camvid, running_node
 
 CAR = 8
-# Measured 38.0 on these 8 car-rich test frames with the bundled camvid-fold0 (GFS-CamVid reports 25.2 over all
-# 233 test frames, most of which show few car pixels). The floor leaves room for a retrained model.
-CAR_IOU_FLOOR = 28.0
+# Measured 17.1 on these 8 car-rich test frames with the bundled camvid-fold0 and the shipped calibration
+# (novel_bias 0.15; 38.0 without it, when Car also took Building's pixels). GFS-CamVid reports 13.1 over all 233
+# test frames with all three held-out classes taught. The floor leaves room for noise in teach numerics.
+CAR_IOU_FLOOR = 12.0
 MEASURED: dict = {}
 
 

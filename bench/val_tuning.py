@@ -1,0 +1,189 @@
+"""Val-only tuning of CAPL's registration for GFS-CamVid: how each variant trades base retention for novel IoU.
+
+    python bench/val_tuning.py                 # all variants, folds 0 and 1, K=5, mask supports, 5 seeds
+    python bench/val_tuning.py --shots 1 --variants calibrated,uncalibrated
+
+Runs on the 101 val frames with the benchmark's cached CAPL models (bench/models/), so it never looks at
+test. It is where `novel_bias` (edge_gfs/config.py) was chosen: the largest val total mIoU among the settings
+that keep base mIoU >= 95% of base-only in both folds. Writes bench/results/val/tuning.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from gfs_camvid import SEEDS, evaluate, features, recipe, recipe_key  # noqa: E402
+
+from edge_gfs import capl  # noqa: E402
+from edge_gfs.config import CAMVID_CLASSES, FOLDS  # noqa: E402
+from edge_gfs.datasets import camvid  # noqa: E402
+from edge_gfs.evaluate import class_pixel_counts, draw_supports  # noqa: E402
+from edge_gfs.metrics import summarize  # noqa: E402
+from edge_gfs.model import load_checkpoint  # noqa: E402
+from edge_gfs.predict import InferenceOptions, Segmenter  # noqa: E402
+
+# name -> (what it changes, options). "fit" fits the novel rows (and a bias each) on the support pixels by
+# 50 Adam steps with the base rows frozen (DIaM/BCM-style registration-time calibration).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "uncalibrated": ("CAPL as in the paper (novel_bias 0)", {"novel_bias": 0.0}),
+    "bias_0.05": ("constant novel margin 0.05", {"novel_bias": 0.05}),
+    "bias_0.10": ("constant novel margin 0.10", {"novel_bias": 0.10}),
+    "calibrated": ("constant novel margin 0.15 (the shipped default)", {"novel_bias": 0.15}),
+    "bias_0.20": ("constant novel margin 0.20", {"novel_bias": 0.20}),
+    "adaptive_0.2": ("margin 0.2 x max cosine of the novel row to a base row", {"novel_bias": 0.0, "adaptive": 0.2}),
+    "pseudo_0.5": ("uncalibrated, pseudo-label threshold 0.5", {"novel_bias": 0.0, "pseudo_threshold": 0.5}),
+    "pseudo_0.9": ("uncalibrated, pseudo-label threshold 0.9", {"novel_bias": 0.0, "pseudo_threshold": 0.9}),
+    "normalised_pool": ("uncalibrated, prototypes pool L2-normalised features", {"novel_bias": 0.0, "pool": "normalised"}),
+    "fit": ("uncalibrated, novel rows + bias fitted on support pixels (50 Adam steps)", {"novel_bias": 0.0, "fit": True}),
+}
+
+
+def support_class_map(seg: Segmenter, feats: torch.Tensor, mask: np.ndarray, target: int) -> torch.Tensor:
+    """The feature-resolution labels a mask-only shot pools over (as Segmenter.shot_from_features builds them)."""
+    size = feats.shape[-2:]
+    m = torch.from_numpy(mask)[None]
+    small = capl.downsample_labels(m.long(), size).bool()
+    if not bool(small.any()):
+        small = F.adaptive_max_pool2d(m[:, None].float(), size)[:, 0].bool()
+    base_logits = seg.logits(feats, seg.rebuild([]))
+    return capl.pseudo_context_labels(base_logits, small, target, torch.tensor(seg.cfg.base_classes),
+                                      seg.cfg.pseudo_threshold)
+
+
+def fit_novel_rows(seg: Segmenter, supports: list[tuple[torch.Tensor, torch.Tensor]], steps: int = 50,
+                   lr: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Novel rows and biases that minimise CE on the support pixels, base rows (SCE + DQCE) frozen."""
+    clf, alpha = seg.classifier, seg.cfg.alpha
+    feats = torch.cat([s[0] for s in supports])
+    lut = torch.full((256,), capl.IGNORE, dtype=torch.long)
+    for row, c in enumerate(clf.row_ids):
+        lut[c] = row
+    target = lut[torch.cat([s[1] for s in supports])]
+    with torch.no_grad():
+        p_dyn = capl.dqce(feats, seg.model.prototypes, alpha, seg.weighting)
+        base_logits = capl.cosine_logits(feats, clf.base_rows[None] + p_dyn, alpha)
+    unit = capl.l2n(feats, dim=1)
+    w = clf.novel_rows.clone().requires_grad_(True)
+    b = torch.zeros(len(clf.novel_ids), requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(steps):
+        novel_logits = alpha * torch.einsum("bdhw,nd->bnhw", unit, capl.l2n(w)) + b[None, :, None, None]
+        loss = F.cross_entropy(torch.cat([base_logits, novel_logits], 1), target, ignore_index=capl.IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return capl.l2n(w.detach()), b.detach()
+
+
+class Variant(Segmenter):
+    """A Segmenter with one tuning variant's extra logit offsets (adaptive margin, fitted biases)."""
+
+    offset: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def logits(self, feats, classifier=None):
+        out = super().logits(feats, classifier)
+        if self.offset is not None and out.shape[1] > len(self.cfg.base_classes):
+            out[:, len(self.cfg.base_classes):] += self.offset[None, :, None, None]
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of: {', '.join(VARIANTS)}")
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--folds", default="0,1")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "val")
+    args = p.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    t_start = time.time()
+    data = camvid()
+    counts = class_pixel_counts(data)
+    val = [data.read("val", n) for n in data.names("val")]
+    gts, n_cls = [v[1] for v in val], len(CAMVID_CLASSES)
+    rows = []
+    for f in args.folds.split(","):
+        novel = list(FOLDS[f])
+        base = [c for c in range(n_cls) if c not in novel]
+        model, _ = load_checkpoint(REPO / "bench" / "models" / f"capl-f{f}-{recipe_key(recipe('capl', f, False))}.pt")
+        feats = features(model, [v[0] for v in val])
+        train_feats: dict[str, torch.Tensor] = {}
+        for name in tqdm(names, desc=f"fold {f}"):
+            opts = VARIANTS[name][1]
+            model.cfg.pseudo_threshold = opts.get("pseudo_threshold", 0.7)
+            model.cfg.sce_pooling = opts.get("pool", "raw")
+            seg = Variant(model, InferenceOptions(novel_bias=opts["novel_bias"]))
+            base_only = summarize(evaluate(seg, feats, gts, base, n_cls), list(CAMVID_CLASSES), base, [])["base_miou"]
+            runs, fit_s = [], []
+            for seed in SEEDS:
+                shots, supports = [], []
+                for c, frames in draw_supports(data, novel, args.shots, seed, counts).items():
+                    for nm in frames:
+                        img, lab = data.read("train", nm)
+                        if nm not in train_feats:
+                            train_feats[nm] = features(model, [img])
+                        shots.append(seg.shot_from_features(train_feats[nm], lab == c, c, f"{nm}:{c}"))
+                        supports.append((train_feats[nm], support_class_map(seg, train_feats[nm], lab == c, c)))
+                seg.offset = None
+                seg.set_shots(shots)
+                clf = seg.classifier
+                if opts.get("adaptive"):
+                    nearest = (capl.l2n(clf.novel_rows) @ clf.base_rows.T).amax(1)
+                    seg.offset = -model.cfg.alpha * opts["adaptive"] * nearest
+                if opts.get("fit"):
+                    t0 = time.perf_counter()
+                    clf.novel_rows, seg.offset = fit_novel_rows(seg, supports)
+                    fit_s.append(time.perf_counter() - t0)
+                runs.append(summarize(evaluate(seg, feats, gts, base + novel, n_cls), list(CAMVID_CLASSES), base, novel))
+            mean = {k: float(np.mean([r[k] for r in runs])) for k in ("base_miou", "novel_miou", "total_miou")}
+            rows.append({"variant": name, "what": VARIANTS[name][0], "fold": f, "shots": args.shots,
+                         "base_only_miou": base_only, **mean, "base_kept_pct": 100 * mean["base_miou"] / base_only,
+                         "std_total": float(np.std([r["total_miou"] for r in runs])),
+                         "fit_seconds": float(np.mean(fit_s)) if fit_s else None,
+                         "per_class": {CAMVID_CLASSES[c]: float(np.mean([r["per_class"][CAMVID_CLASSES[c]] or 0
+                                                                         for r in runs])) for c in base + novel}})
+    model.cfg.pseudo_threshold, model.cfg.sce_pooling = 0.7, "raw"
+    report = {"split": "val", "frames": len(val), "shots": args.shots, "mode": "mask", "seeds": SEEDS,
+              "command": "python bench/val_tuning.py" + (f" --shots {args.shots}" if args.shots != 5 else ""),
+              "wall_seconds": time.time() - t_start, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "tuning" if args.shots == 5 else f"tuning_k{args.shots}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{stem}.md").write_text(markdown(report))
+    print((args.out / f"{stem}.md").read_text())
+    return 0
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Val tuning of the registration (GFS-CamVid val, never test)", "",
+             f"Command: `{report['command']}`; {report['frames']} val frames, K={report['shots']}, mask supports, "
+             f"mean over seeds {report['seeds']}; wall time {report['wall_seconds'] / 60:.1f} min.", "",
+             "Rule: ship the largest total mIoU among the variants that keep base >= 95% of base-only in both folds; "
+             "a difference smaller than the seed std is a tie, and a tie goes to the simpler variant.", "",
+             "| variant | what | fold | base-only | base | kept | novel | total |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['variant']} | {r['what']} | {r['fold']} | {r['base_only_miou']:.1f} | {r['base_miou']:.1f} | "
+                     f"{r['base_kept_pct']:.1f}% | {r['novel_miou']:.1f} | {r['total_miou']:.1f} ± {r['std_total']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
