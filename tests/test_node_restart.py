@@ -21,12 +21,16 @@ def start(workdir, state, name) -> tuple[NodeProc, Wire]:
     return node, w
 
 
+def mask_shots(data, class_id: int, k: int, seed: int) -> list:
+    names = draw_supports(data, [class_id], k, seed=seed)[class_id]
+    return [(img, lab == class_id) for img, lab in (data.read("train", n) for n in names)]
+
+
 def test_kill_9_after_teach_then_restart_gives_the_same_node(tmp_path):
     require_model("camvid-fold0")
     data = require_camvid()
     state = tmp_path / "state"
-    cars = draw_supports(data, [8], 2, seed=7)[8]
-    shots = [(img, lab == 8) for img, lab in (data.read("train", n) for n in cars)]
+    shots = mask_shots(data, 8, 2, seed=7)
     test_jpg = data.image_path("test", data.names("test")[40]).read_bytes()
 
     node, w = start(tmp_path, state, "first")
@@ -58,8 +62,7 @@ def test_kill_9_during_a_teach_leaves_a_loadable_registry(tmp_path):
     require_model("camvid-fold0")
     data = require_camvid()
     state = tmp_path / "state"
-    names = draw_supports(data, [9], 5, seed=3)[9]
-    shots = [(img, lab == 9) for img, lab in (data.read("train", n) for n in names)]
+    shots = mask_shots(data, 9, 5, seed=3)
     node, w = start(tmp_path, state, "first")
     try:
         v0 = w.teach.list()["version"]
