@@ -1,7 +1,8 @@
 """Node latency and throughput (../shared/spec/benchmark.md §2), end to end over ZeroMQ on loopback.
 
-    python bench/node_latency.py                        # eager, rates 5/10/30 Hz, closed loop and flood, 20 s each
-    python bench/node_latency.py --duration 8 --threads 1 --out /tmp/lat
+    edge-gfs compile --model camvid-fold0 --target cpu    # once: the CPU artifact the `cpu` backend runs
+    python bench/node_latency.py                          # eager and cpu; 5/10/30 Hz, closed loop, flood; 20 s each
+    python bench/node_latency.py --backends eager --duration 8 --threads 1 --out /tmp/lat
 
 Processes as deployed: the node is a subprocess (`edge-gfs run`); this process publishes CamVid test frames
 (360x480, the dataset's own JPEG bytes) and subscribes to the label maps. Latency = receipt time of a label
@@ -225,35 +226,47 @@ def markdown(r: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="camvid-fold0")
-    p.add_argument("--backend", default="eager")
+    p.add_argument("--backends", default="eager,cpu",
+                   help="node --backend values, one full run each (cpu needs `edge-gfs compile --model M --target cpu`)")
     p.add_argument("--threads", type=int, default=0, help="the node's --threads (0 = all cores)")
     p.add_argument("--rates", default="5,10,30,closed,flood")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per rate")
     p.add_argument("--out", type=Path, default=REPO / "bench/results")
     args = p.parse_args()
     model, _ = zoo.load(args.model)
+    from calib.artifact import ArtifactError
+    from calib.backend import select
+    for backend in args.backends.split(","):
+        try:
+            select(model, args.model, backend)
+        except ArtifactError as e:
+            print(f"node_latency: {e}", file=sys.stderr)
+            return 2
     floor = compute_floor(model, args.threads)
     print(f"compute floor: {floor}")
-    bench = Bench(args)
-    try:
-        runs = []
-        for rate in args.rates.split(","):
-            r = bench.run_rate(rate)
-            print(json.dumps(r))
-            runs.append(r)
-        teach = [bench.teach_latency(k) for k in (1, 5)]
-        print(teach)
-    finally:
-        bench.close()
-    load = os.getloadavg()
-    report = {"model": args.model, "backend": args.backend, "threads_flag": args.threads,
-              "command": "python bench/node_latency.py " + " ".join(sys.argv[1:]),
-              "machine": f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end", "floor": floor,
-              "runs": runs, "teach": teach}
+    reports = []
+    for backend in args.backends.split(","):
+        args.backend = backend
+        bench = Bench(args)
+        try:
+            runs = []
+            for rate in args.rates.split(","):
+                r = bench.run_rate(rate)
+                print(json.dumps(r))
+                runs.append(r)
+            teach = [bench.teach_latency(k) for k in (1, 5)]
+            print(teach)
+        finally:
+            bench.close()
+        load = os.getloadavg()
+        reports.append({"model": args.model, "backend": backend, "threads_flag": args.threads,
+                        "command": "python bench/node_latency.py " + " ".join(sys.argv[1:]),
+                        "machine": f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end", "floor": floor,
+                        "runs": runs, "teach": teach})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "node_latency.json").write_text(json.dumps(report, indent=1))
-    (args.out / "node_latency.md").write_text(markdown(report))
-    print(markdown(report))
+    (args.out / "node_latency.json").write_text(json.dumps({"backends": reports}, indent=1))
+    (args.out / "node_latency.md").write_text("\n".join(markdown(r) for r in reports))
+    print((args.out / "node_latency.md").read_text())
     return 0
 
 

@@ -1,7 +1,14 @@
 """Compile the feature extractor for a target (TensorRT on CUDA/Jetson, the fastest CPU path elsewhere).
 
-Stage 1 (this file): the exported program at a static input size, which is exactly what Torch-TensorRT's
-dynamo path consumes. The compile targets, artifacts and parity checks come with the compile issue.
+This file: the exported program at a static input size, which is exactly what Torch-TensorRT's dynamo path
+consumes (and what the CPU target's ONNX file is made from). The rest, one module per job:
+  artifact.py     where artifacts live, the JSON sidecar, the checks before one is used
+  cpu.py          the CPU target: ONNX from the exported program, run by ONNX Runtime
+  tensorrt.py     the TensorRT target (guarded imports: CI has no GPU)
+  parity.py       compiled vs eager label maps on val frames
+  build.py        export -> compile -> parity -> atomic install
+  backend.py      which extractor the node runs (--backend auto|eager|compiled|cpu|tensorrt, --engine)
+  compile_cmd.py  `edge-gfs compile`
 """
 
 from __future__ import annotations

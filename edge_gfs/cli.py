@@ -17,8 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "forget": ("edge_gfs.forget", "make a running node forget a taught class"),
     "classes": ("edge_gfs.classes", "list a node's classes; export/import class packs"),
     "view": ("edge_gfs.view", "overlay viewer of the label maps (window, or --out video/PNGs)"),
+    "operator": ("edge_gfs.operator", "teaching window: freeze, box (GrabCut) or brush, name, send; list, forget"),
     "launch": ("edge_gfs.launch", "start a pipeline (publisher, node, ...) from a YAML file; restart what dies"),
     "keys": ("edge_gfs.keys", "create a CURVE key pair for a teach socket reachable from other hosts"),
+    "compile": ("calib.compile_cmd", "compile the feature extractor for the target (CPU / TensorRT), check parity"),
     "train": ("trainer.train", "train a CAPL, baseline or oracle model (desktop; needs the trainer)"),
 }
 

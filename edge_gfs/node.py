@@ -34,7 +34,7 @@ from .yaml_flags import parse_with_config
 
 log = logging.getLogger("edge_gfs.node")
 
-BACKENDS = ("auto", "eager", "compiled", "tensorrt")
+BACKENDS = ("auto", "eager", "compiled", "cpu", "tensorrt")  # calib.backend.CHOICES; see docs/compile.md
 SOURCE_FLAGS = ("camera", "video", "images", "frames")
 
 EXAMPLE = f"""examples:
@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="camvid", help="bundled name (camvid, camvid-fold0) or a .pt path")
     p.add_argument("--state", type=Path, metavar="DIR",
                    help="where the class registry lives (default: $XDG_STATE_HOME/edge-gfs/MODEL)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto (= eager today) or eager")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="feature extractor: auto (TensorRT engine on CUDA, else the CPU artifact of `edge-gfs compile`, "
+                        "else eager), eager, compiled (an artifact, never eager), cpu or tensorrt")
+    p.add_argument("--engine", type=Path, metavar="FILE", help="run this compiled artifact (from edge-gfs compile --out)")
     p.add_argument("--confidence", action="store_true", help="add the winning class's probability to label maps")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker thread; 0 = all cores")
     p.add_argument("--max-classes", type=int, default=P.LIMITS.max_novel_classes,
@@ -326,14 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, given = parse_with_config(parser, argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s edge-gfs run: %(message)s", stream=sys.stderr)
-    if args.backend not in ("auto", "eager"):
-        print(f"edge-gfs run: backend {args.backend!r} arrives with `edge-gfs compile` (not in this release); "
-              f"use --backend eager or auto", file=sys.stderr)
-        return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from . import zoo  # after the fast checks: loading torch models takes a while
     from .model import model_checksum
+    from calib.artifact import ArtifactError
+    from calib.backend import select as select_backend
     store: StateStore | None = None
     try:
         _pick_source(args, given)
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(getattr(args, f) is not None for f in ("camera", "video", "images")):
             source = FrameSource(camera=args.camera, video=args.video, images=args.images, loop=args.loop)
         model, _ = zoo.load(args.model)
-        seg = Segmenter(model)
+        backend = select_backend(model, args.model, args.backend, args.engine)  # ArtifactError says what to run
+        seg = Segmenter(model, extractor=backend.extractor)
         state_dir = args.state or default_state_dir(args.model)
         store = StateStore(state_dir)
         store.lock()
@@ -350,13 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         registry = store.open(fresh)
         limits = replace(P.LIMITS, max_novel_classes=args.max_classes, max_shots_per_class=args.max_shots)
         node = Node(seg, registry, store, args.model, args, limits)
+        node.backend = backend.name
         try:
             node.bind()
             node.set_input(source)
         except BaseException:
             node.close()
             raise
-    except (SourceError, StartupError, StateError, FileNotFoundError, ValueError) as e:
+    except (SourceError, StartupError, StateError, ArtifactError, FileNotFoundError, ValueError) as e:
         msg = str(e)
         if isinstance(e, SourceError) and "--video" not in msg:
             msg += f"; sources: --camera N, {ALTERNATIVES}"
@@ -366,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("model %s (checksum %s), state %s: %d taught classes, version %d", args.model,
              registry.model_checksum[:12], state_dir, registry.novel_count(), registry.version)
+    log.info("backend %s: %s", backend.name, backend.note)
 
     def on_signal(signum, _frame) -> None:
         node.stop.set()

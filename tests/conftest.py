@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 from edge_gfs.config import ModelConfig, data_root
 
 torch.set_num_threads(2)
+
+# Compiled artifacts go to a per-run folder: an `edge-gfs compile` run on this machine must not change what
+# `--backend auto` picks in the tests (node subprocesses inherit the variable).
+os.environ["EDGE_GFS_ARTIFACTS"] = tempfile.mkdtemp(prefix="edge-gfs-artifacts-")
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,21 @@ def test_loading_a_non_checkpoint_says_what_it_is(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match="bundled name"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_upsample_argmax_matches_torch_bilinear_argmax_and_softmax():
+    """The per-frame OpenCV path gives torch's labels (interpolate, align_corners=False, then argmax) and
+    its winning softmax probability."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from edge_gfs.predict import upsample_argmax
+
+    logits = torch.randn(13, 24, 32, generator=torch.Generator().manual_seed(0)) * 4
+    up = F.interpolate(logits[None], size=(360, 480), mode="bilinear", align_corners=False)[0]
+    idx, conf = upsample_argmax(logits.numpy(), (360, 480), confidence=True)
+    assert idx.dtype == np.uint8 and idx.shape == (360, 480)
+    assert (idx == up.argmax(0).numpy()).mean() > 0.9999  # float rounding may flip a near-tie
+    ref = (torch.softmax(up, 0).amax(0) * 255).round().numpy()
+    assert np.abs(conf.astype(int) - ref).max() <= 1
+    assert upsample_argmax(logits.numpy(), (360, 480))[1] is None

@@ -1,0 +1,112 @@
+"""Build an artifact end to end: export, compile, parity check, then install it with its sidecar.
+
+The artifact is built in a temp file beside its destination and only moved into place after parity
+passes, so a failed compile never leaves something that `--backend auto` would pick up.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_gfs.datasets import open_dataset
+from edge_gfs.model import CaplModel, model_checksum
+from edge_gfs.predict import to_input
+
+from .artifact import (PRECISIONS, TARGETS, ArtifactError, Sidecar, cache_path, compile_command, file_sha256,
+                       install, now_iso, read_sidecar, temp_beside, write_sidecar)
+from .backend import environment, load_runner
+from .parity import ParityError, check_parity, describe, val_frames
+
+log = logging.getLogger("calib.build")
+
+
+def at_size(model: CaplModel, input_hw: tuple[int, int]) -> CaplModel:
+    """The same weights with another input size in the config, so Segmenter feeds the artifact's size.
+
+    A shallow copy: the modules are shared, only `cfg` differs (ModelConfig's multiple-of-32 rule is for
+    training; a 360x480 camera profile runs fine, the FPN resizes to whatever the strides give).
+    """
+    if tuple(input_hw) == tuple(model.cfg.input_hw):
+        return model
+    cfg = copy.copy(model.cfg)
+    cfg.input_hw = tuple(input_hw)
+    other = copy.copy(model)
+    object.__setattr__(other, "cfg", cfg)
+    return other
+
+
+def calibration_batches(spec: str, input_hw: tuple[int, int], count: int = 64) -> list[torch.Tensor]:
+    """INT8 calibration frames from a dataset's train split (never val/test: parity runs there)."""
+    data = open_dataset(spec)
+    names = data.names("train")
+    idx = np.unique(np.linspace(0, len(names) - 1, min(count, len(names))).round().astype(int))
+    return [to_input([data.read("train", names[i])[0]], input_hw) for i in idx]
+
+
+def build_artifact(model: CaplModel, model_name: str, target: str, precision: str = "fp32",
+                   input_hw: tuple[int, int] | None = None, out: Path | None = None, calib_data: str = "camvid",
+                   check_frames: int = 32, progress: bool = True) -> tuple[Path, Sidecar]:
+    """Compile, check parity on `check_frames` val frames (0 = skip: the sidecar says so), install."""
+    if target not in TARGETS:
+        raise ArtifactError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+    if precision not in PRECISIONS:
+        raise ArtifactError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if target == "cpu" and precision != "fp32":
+        raise ArtifactError(f"the CPU target is fp32 only ({precision} is for TensorRT): use --precision fp32")
+    input_hw = tuple(input_hw or model.cfg.input_hw)
+    checksum = model_checksum(model)
+    dest = Path(out) if out else cache_path(checksum, target, precision, input_hw)
+    tmp = temp_beside(dest)
+    try:
+        if target == "cpu":
+            from .cpu import RUNTIME, cpu_name, export_onnx, runtime_versions
+            export_onnx(model, input_hw, tmp)
+            runtime, versions, device = RUNTIME, runtime_versions(), {"cpu": cpu_name()}
+        else:
+            from . import tensorrt as trt
+            batches = calibration_batches(calib_data, input_hw) if precision == "int8" else []
+            trt.build(model, input_hw, precision, tmp, batches)
+            env = trt.environment()
+            runtime = trt.RUNTIME
+            versions = {"torch": torch.__version__, **{k: str(env[k]) for k in ("tensorrt", "torch_tensorrt", "cuda")}}
+            device = {"gpu": env["gpu"], "compute_capability": env["compute_capability"]}
+        parity = None
+        if check_frames > 0:
+            runner = load_runner(target, tmp)
+            parity = check_parity(at_size(model, input_hw), runner, precision, val_frames(check_frames), progress)
+            log.info("%s", describe(parity))
+            if not parity["passed"]:
+                raise ParityError(f"{describe(parity)}; the artifact was not installed. Try another --precision, or "
+                                  f"report it with the model name")
+        side = Sidecar(model=model_name, model_checksum=checksum, input_hw=list(input_hw), target=target,
+                       precision=precision, runtime=runtime, file=dest.name, file_sha256=file_sha256(tmp),
+                       versions=versions, device=device, created=now_iso(), parity=parity)
+        install(tmp, dest)
+        write_sidecar(dest, side)
+        return dest, side
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def recheck(model: CaplModel, model_name: str, artifact: Path, check_frames: int = 32,
+            progress: bool = True) -> tuple[dict, Sidecar]:
+    """`edge-gfs compile --check`: parity of an existing artifact again; the sidecar gets the new result."""
+    from .backend import open_artifact
+    side = read_sidecar(artifact)
+    checksum = model_checksum(model)
+    hw = tuple(side.input_hw)
+    _, runner = open_artifact(Path(artifact), model_name, checksum, hw)
+    parity = check_parity(at_size(model, hw), runner, side.precision, val_frames(check_frames), progress)
+    side.parity = parity
+    write_sidecar(Path(artifact), side)
+    if not parity["passed"]:
+        raise ParityError(f"{describe(parity)}: rebuild it with {compile_command(model_name, side.target, hw, side.precision)}")
+    return parity, side
+
+
+__all__ = ["build_artifact", "recheck", "calibration_batches", "at_size", "environment", "ParityError"]
