@@ -73,17 +73,25 @@ def dqce(features: torch.Tensor, p_cls: torch.Tensor, alpha: float, weighting: s
     `impl` (reference code): p_dyn = gamma_q p_qry + (1-gamma_q) p_cls. `paper` (printed Eq. 6) swaps them.
     p_cls is the ORIGINAL, un-normalised classifier; p_dyn keeps its scale on purpose (Eq. 7).
     """
-    b, d = features.shape[:2]
-    flat = features.reshape(b, d, -1)  # (B,d,HW)
-    y = cosine_logits(features, p_cls, alpha).reshape(b, p_cls.shape[0], -1)  # (B,N,HW)
-    attn = torch.softmax(y, dim=-1)
-    p_qry = torch.einsum("bnp,bdp->bnd", attn, flat)
-    gamma = F.relu((l2n(p_qry) * l2n(p_cls)[None]).sum(-1, keepdim=True))  # (B,N,1)
+    return _dqce_flat(*_flat_unit(features), p_cls, alpha, weighting)
+
+
+def _flat_unit(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,d,h,w) -> raw and per-pixel L2-normalised features as (B,d,hw), shared by DQCE and the classifier."""
+    flat = features.reshape(features.shape[0], features.shape[1], -1)
+    return flat, flat / flat.norm(dim=1, keepdim=True).clamp_min(EPS)
+
+
+def _dqce_flat(flat: torch.Tensor, unit: torch.Tensor, p_cls: torch.Tensor, alpha: float, weighting: str) -> torch.Tensor:
+    if weighting not in ("impl", "paper"):
+        raise ValueError(f"dqce weighting must be 'impl' or 'paper', got {weighting!r}")
+    p_unit = l2n(p_cls)
+    attn = torch.softmax(alpha * torch.matmul(p_unit, unit), dim=-1)  # (B,N,HW)
+    p_qry = torch.matmul(attn, flat.transpose(1, 2))  # (B,N,d)
+    gamma = F.relu((l2n(p_qry) * p_unit).sum(-1, keepdim=True))  # (B,N,1)
     if weighting == "impl":
-        return gamma * p_qry + (1.0 - gamma) * p_cls[None]
-    if weighting == "paper":
-        return gamma * p_cls[None] + (1.0 - gamma) * p_qry
-    raise ValueError(f"dqce weighting must be 'impl' or 'paper', got {weighting!r}")
+        return gamma * p_qry + (1.0 - gamma) * p_cls
+    return gamma * p_cls + (1.0 - gamma) * p_qry
 
 
 def sce_base_rows(p_cls: torch.Tensor, g_sup: Gate, sup_sums: torch.Tensor, sup_counts: torch.Tensor) -> torch.Tensor:
@@ -118,11 +126,13 @@ def classify(features: torch.Tensor, p_cls: torch.Tensor, base_rows: torch.Tenso
 
     `novel_bias` is subtracted from every novel row's cosine (calibrated stacking): see calibrate_novel.
     """
+    b, _, h, w = features.shape
+    flat, unit = _flat_unit(features)  # normalised once for DQCE and the classifier (the per-frame hot path)
     if dqce_on:
-        p_dyn = dqce(features, p_cls, alpha, weighting)
+        p_dyn = _dqce_flat(flat, unit, p_cls, alpha, weighting)
     else:
-        p_dyn = torch.zeros(features.shape[0], *p_cls.shape, dtype=features.dtype, device=features.device)
-    logits = cosine_logits(features, assemble(base_rows, p_dyn, novel_rows), alpha)
+        p_dyn = torch.zeros(b, *p_cls.shape, dtype=features.dtype, device=features.device)
+    logits = (alpha * torch.matmul(l2n(assemble(base_rows, p_dyn, novel_rows)), unit)).reshape(b, -1, h, w)
     return calibrate_novel(logits, p_cls.shape[0], alpha, novel_bias)
 
 
