@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gfs_camvid import SEEDS, evaluate, features, recipe, recipe_key  # noqa: E402
+from gfs_camvid import SEEDS, evaluate, recipe, recipe_key  # noqa: E402
 
 from edge_gfs import capl  # noqa: E402
 from edge_gfs.config import CAMVID_CLASSES, FOLDS  # noqa: E402
@@ -34,7 +34,7 @@ from edge_gfs.datasets import camvid  # noqa: E402
 from edge_gfs.evaluate import class_pixel_counts, draw_supports  # noqa: E402
 from edge_gfs.metrics import summarize  # noqa: E402
 from edge_gfs.model import load_checkpoint  # noqa: E402
-from edge_gfs.predict import InferenceOptions, Segmenter  # noqa: E402
+from edge_gfs.predict import InferenceOptions, Segmenter, to_input  # noqa: E402
 
 # name -> (what it changes, options). "fit" fits the novel rows (and a bias each) on the support pixels by
 # 50 Adam steps with the base rows frozen (DIaM/BCM-style registration-time calibration).
@@ -49,7 +49,38 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "pseudo_0.9": ("uncalibrated, pseudo-label threshold 0.9", {"novel_bias": 0.0, "pseudo_threshold": 0.9}),
     "normalised_pool": ("uncalibrated, prototypes pool L2-normalised features", {"novel_bias": 0.0, "pool": "normalised"}),
     "fit": ("uncalibrated, novel rows + bias fitted on support pixels (50 Adam steps)", {"novel_bias": 0.0, "fit": True}),
+    "multilevel_0.5": ("uncalibrated, novel rows on [decoder; 0.5 x encoder stage 4 + 5] features", {"novel_bias": 0.0, "multilevel": 0.5}),
+    "multilevel_0.5_bias_0.05": ("as above, margin 0.05", {"novel_bias": 0.05, "multilevel": 0.5}),
+    "multilevel_0.25_bias_0.1": ("[decoder; 0.25 x encoder], margin 0.1", {"novel_bias": 0.1, "multilevel": 0.25}),
 }
+
+
+@torch.no_grad()
+def multilevel_features(model, images: list[np.ndarray], batch: int = 16) -> torch.Tensor:
+    """(B, d + c4 + c5, h, w): the decoder features, then the per-pixel-normalised encoder stage-4 and stage-5
+    features upsampled to stride 8. Why: the encoder keeps what ImageNet knew about objects that base training
+    never labelled (the benchmark spec's probe); this measures what that gives novel prototypes without retraining."""
+    out = []
+    for s in range(0, len(images), batch):
+        x = to_input(images[s:s + batch], model.cfg.input_hw) * (1.0 / 127.5) - 1.0
+        taps = model.extractor.backbone(x)
+        dec = model.extractor.head(taps)
+        enc = [capl.l2n(F.interpolate(t, size=dec.shape[-2:], mode="bilinear", align_corners=False), dim=1)
+               for t in taps[1:]]
+        out.append(torch.cat([dec, *enc], 1))
+    return torch.cat(out)
+
+
+def multilevel_prototypes(seg: "Variant", supports: list[tuple[torch.Tensor, torch.Tensor]], lam: float) -> torch.Tensor:
+    """Novel prototypes on [unit decoder feature; lam x encoder features], pooled over all shots of a class."""
+    rows = []
+    for c in seg.classifier.novel_ids:
+        sums, count = 0.0, 0.0
+        for feats, class_map in supports:
+            s, n = capl.class_sums(seg.joint(feats, lam), class_map, [c])
+            sums, count = sums + s[0], count + n[0]
+        rows.append(capl.l2n(sums / count))
+    return torch.stack(rows)
 
 
 def support_class_map(seg: Segmenter, feats: torch.Tensor, mask: np.ndarray, target: int) -> torch.Tensor:
@@ -93,12 +124,23 @@ class Variant(Segmenter):
     """A Segmenter with one tuning variant's extra logit offsets (adaptive margin, fitted biases)."""
 
     offset: torch.Tensor | None = None
+    protos: torch.Tensor | None = None  # multilevel novel prototypes
+    lam: float = 0.0
+
+    def joint(self, feats: torch.Tensor, lam: float) -> torch.Tensor:
+        d = self.cfg.dim
+        return torch.cat([capl.l2n(feats[:, :d], dim=1), lam * feats[:, d:]], 1)
 
     @torch.no_grad()
     def logits(self, feats, classifier=None):
-        out = super().logits(feats, classifier)
-        if self.offset is not None and out.shape[1] > len(self.cfg.base_classes):
-            out[:, len(self.cfg.base_classes):] += self.offset[None, :, None, None]
+        """feats may carry multilevel_features' extra channels; the base path sees the decoder part only."""
+        out = super().logits(feats[:, :self.cfg.dim], classifier)
+        n_base = len(self.cfg.base_classes)
+        if classifier is None and self.protos is not None and out.shape[1] > n_base:
+            out[:, n_base:] = capl.cosine_logits(self.joint(feats, self.lam), self.protos, self.cfg.alpha)
+            capl.calibrate_novel(out, n_base, self.cfg.alpha, self.novel_bias)
+        if self.offset is not None and out.shape[1] > n_base:
+            out[:, n_base:] += self.offset[None, :, None, None]
         return out
 
 
@@ -124,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         novel = list(FOLDS[f])
         base = [c for c in range(n_cls) if c not in novel]
         model, _ = load_checkpoint(REPO / "bench" / "models" / f"capl-f{f}-{recipe_key(recipe('capl', f, False))}.pt")
-        feats = features(model, [v[0] for v in val])
+        feats = multilevel_features(model, [v[0] for v in val])
         train_feats: dict[str, torch.Tensor] = {}
         for name in tqdm(names, desc=f"fold {f}"):
             opts = VARIANTS[name][1]
@@ -139,18 +181,22 @@ def main(argv: list[str] | None = None) -> int:
                     for nm in frames:
                         img, lab = data.read("train", nm)
                         if nm not in train_feats:
-                            train_feats[nm] = features(model, [img])
-                        shots.append(seg.shot_from_features(train_feats[nm], lab == c, c, f"{nm}:{c}"))
-                        supports.append((train_feats[nm], support_class_map(seg, train_feats[nm], lab == c, c)))
-                seg.offset = None
+                            train_feats[nm] = multilevel_features(model, [img])
+                        dec = train_feats[nm][:, :model.cfg.dim]
+                        shots.append(seg.shot_from_features(dec, lab == c, c, f"{nm}:{c}"))
+                        supports.append((train_feats[nm], support_class_map(seg, dec, lab == c, c)))
+                seg.offset, seg.protos = None, None
                 seg.set_shots(shots)
                 clf = seg.classifier
                 if opts.get("adaptive"):
                     nearest = (capl.l2n(clf.novel_rows) @ clf.base_rows.T).amax(1)
                     seg.offset = -model.cfg.alpha * opts["adaptive"] * nearest
+                if opts.get("multilevel"):
+                    seg.lam = opts["multilevel"]
+                    seg.protos = multilevel_prototypes(seg, supports, seg.lam)
                 if opts.get("fit"):
                     t0 = time.perf_counter()
-                    clf.novel_rows, seg.offset = fit_novel_rows(seg, supports)
+                    clf.novel_rows, seg.offset = fit_novel_rows(seg, [(x[:, :model.cfg.dim], m) for x, m in supports])
                     fit_s.append(time.perf_counter() - t0)
                 runs.append(summarize(evaluate(seg, feats, gts, base + novel, n_cls), list(CAMVID_CLASSES), base, novel))
             mean = {k: float(np.mean([r[k] for r in runs])) for k in ("base_miou", "novel_miou", "total_miou")}
