@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,10 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_gfs.config import CAMVID_CLASSES, FOLDS, IGNORE  # noqa: E402
+from edge_gfs.config import CAMVID_CLASSES, FOLDS  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
-from edge_gfs.evaluate import class_pixel_counts, draw_supports  # noqa: E402
-from edge_gfs.metrics import confusion, summarize  # noqa: E402
+from edge_gfs.evaluate import class_pixel_counts, draw_supports, support_labels  # noqa: E402
+from edge_gfs.metrics import scored_confusion, summarize  # noqa: E402
 from edge_gfs.model import CaplModel, load_checkpoint, model_checksum, save_checkpoint  # noqa: E402
 from edge_gfs.predict import InferenceOptions, Segmenter, to_input  # noqa: E402
 
@@ -110,7 +109,7 @@ def evaluate(seg: Segmenter, feats: torch.Tensor, gts: list[np.ndarray], scored:
     for s in range(0, len(gts), 16):
         preds = seg.label_maps(seg.logits(feats[s:s + 16]), gts[0].shape)
         for pred, gt in zip(preds, gts[s:s + 16]):
-            cm += confusion(pred, np.where(np.isin(gt, scored), gt, IGNORE).astype(np.uint8), n_classes)
+            cm += scored_confusion(pred, gt, scored, n_classes)
     return cm
 
 
@@ -189,10 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         key = (kind, nm)
                         if key not in train_feats:
                             train_feats[key] = features(model, [img])
-                        labels = None
-                        if mode == "full":
-                            labels = np.where(np.isin(lab, [o for o in novel if o != c]), IGNORE, lab).astype(np.uint8)
-                        shot_list.append(seg.shot_from_features(train_feats[key], lab == c, c, f"{nm}:{c}", labels))
+                        shot_list.append(seg.shot_from_features(train_feats[key], lab == c, c, f"{nm}:{c}",
+                                                                support_labels(lab, c, novel, mode)))
                 seg.set_shots(shot_list)
                 cm = evaluate(seg, feats, test_gts, base + novel, n_cls)
                 results.append({"system": sysname, "fold": f, "shots": k, "seed": seed, "mode": mode,

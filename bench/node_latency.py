@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,19 +29,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from edge_gfs import zoo  # noqa: E402
-from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient  # noqa: E402
+from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
 from edge_gfs.evaluate import draw_supports  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -60,27 +54,14 @@ def peak_rss_mb(pid: int) -> float:
 def compute_floor(model, threads: int) -> dict:
     """Extractor FLOPs at the model's input size / fp32 matmul FLOP/s on the same cores: a lower bound per frame."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from backends import extractor_gflops, matmul_gflops  # the floor of bench/backends.py, measured the same way
     if threads:
         torch.set_num_threads(threads)
     h, w = model.cfg.input_hw
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model.extractor(torch.zeros(1, 3, h, w))
-    flops = fc.get_total_flops()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model.extractor(torch.zeros(1, 3, 360, 480))
-    flops_full = fc.get_total_flops()
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(10):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    rate = 2 * 1024**3 / best
-    return {"input_hw": [h, w], "extractor_gflops": flops / 1e9, "extractor_gflops_at_360x480": flops_full / 1e9,
-            "matmul_gflops_per_s": rate / 1e9, "floor_ms": 1000 * flops / rate, "threads": torch.get_num_threads()}
+    gflops, rate = extractor_gflops(model.extractor, (h, w)), matmul_gflops()
+    return {"input_hw": [h, w], "extractor_gflops": gflops,
+            "extractor_gflops_at_360x480": extractor_gflops(model.extractor, (360, 480)),
+            "matmul_gflops_per_s": rate, "floor_ms": 1000 * gflops / rate, "threads": torch.get_num_threads()}
 
 
 class Bench:

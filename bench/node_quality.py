@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,18 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_gfs import zoo  # noqa: E402
-from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, segment_via  # noqa: E402
-from edge_gfs.config import IGNORE  # noqa: E402
+from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint, segment_via  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
 from edge_gfs.evaluate import draw_supports, evaluate_split, teach_supports  # noqa: E402
-from edge_gfs.metrics import confusion, summarize  # noqa: E402
+from edge_gfs.metrics import scored_confusion, summarize  # noqa: E402
 from edge_gfs.predict import Segmenter  # noqa: E402
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def main() -> int:
@@ -89,7 +81,7 @@ def main() -> int:
         for name in names:
             lm = segment_via(pub, sub, data=data.image_path("test", name).read_bytes(), encoding="jpeg")
             gt = data.read("test", name)[1]
-            cm += confusion(lm.labels, np.where(np.isin(gt, scored), gt, IGNORE).astype(np.uint8), n)
+            cm += scored_confusion(lm.labels, gt, scored, n)
         wire = summarize(cm, cfg.class_names, cfg.base_classes, novel)
     finally:
         node.send_signal(signal.SIGTERM)

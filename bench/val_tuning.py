@@ -83,18 +83,6 @@ def multilevel_prototypes(seg: "Variant", supports: list[tuple[torch.Tensor, tor
     return torch.stack(rows)
 
 
-def support_class_map(seg: Segmenter, feats: torch.Tensor, mask: np.ndarray, target: int) -> torch.Tensor:
-    """The feature-resolution labels a mask-only shot pools over (as Segmenter.shot_from_features builds them)."""
-    size = feats.shape[-2:]
-    m = torch.from_numpy(mask)[None]
-    small = capl.downsample_labels(m.long(), size).bool()
-    if not bool(small.any()):
-        small = F.adaptive_max_pool2d(m[:, None].float(), size)[:, 0].bool()
-    base_logits = seg.logits(feats, seg.rebuild([]))
-    return capl.pseudo_context_labels(base_logits, small, target, torch.tensor(seg.cfg.base_classes),
-                                      seg.cfg.pseudo_threshold)
-
-
 def fit_novel_rows(seg: Segmenter, supports: list[tuple[torch.Tensor, torch.Tensor]], steps: int = 50,
                    lr: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
     """Novel rows and biases that minimise CE on the support pixels, base rows (SCE + DQCE) frozen."""
@@ -184,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                             train_feats[nm] = multilevel_features(model, [img])
                         dec = train_feats[nm][:, :model.cfg.dim]
                         shots.append(seg.shot_from_features(dec, lab == c, c, f"{nm}:{c}"))
-                        supports.append((train_feats[nm], support_class_map(seg, dec, lab == c, c)))
+                        supports.append((train_feats[nm], seg.shot_class_map(dec, lab == c, c)))
                 seg.offset, seg.protos = None, None
                 seg.set_shots(shots)
                 clf = seg.classifier

@@ -10,7 +10,6 @@ import copy
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edge_gfs.datasets import open_dataset
@@ -19,8 +18,8 @@ from edge_gfs.predict import to_input
 
 from .artifact import (PRECISIONS, TARGETS, ArtifactError, Sidecar, cache_path, compile_command, file_sha256,
                        install, now_iso, read_sidecar, temp_beside, write_sidecar)
-from .backend import environment, load_runner
-from .parity import ParityError, check_parity, describe, val_frames
+from .backend import load_runner
+from .parity import ParityError, check_parity, describe, spread, val_frames
 
 log = logging.getLogger("calib.build")
 
@@ -43,9 +42,7 @@ def at_size(model: CaplModel, input_hw: tuple[int, int]) -> CaplModel:
 def calibration_batches(spec: str, input_hw: tuple[int, int], count: int = 64) -> list[torch.Tensor]:
     """INT8 calibration frames from a dataset's train split (never val/test: parity runs there)."""
     data = open_dataset(spec)
-    names = data.names("train")
-    idx = np.unique(np.linspace(0, len(names) - 1, min(count, len(names))).round().astype(int))
-    return [to_input([data.read("train", names[i])[0]], input_hw) for i in idx]
+    return [to_input([data.read("train", n)[0]], input_hw) for n in spread(data.names("train"), count)]
 
 
 def build_artifact(model: CaplModel, model_name: str, target: str, precision: str = "fp32",
@@ -109,4 +106,4 @@ def recheck(model: CaplModel, model_name: str, artifact: Path, check_frames: int
     return parity, side
 
 
-__all__ = ["build_artifact", "recheck", "calibration_batches", "at_size", "environment", "ParityError"]
+__all__ = ["build_artifact", "recheck", "calibration_batches", "at_size", "ParityError"]

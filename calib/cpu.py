@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -69,9 +68,7 @@ class OnnxRuntimeExtractor:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         so.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.input_shape = tuple(inp.shape)
+        self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(rgb.detach().cpu().numpy(), dtype=np.float32)
@@ -128,6 +125,3 @@ def cpu_name() -> str:
     import platform
     return platform.processor() or platform.machine()
 
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -36,12 +36,16 @@ class Frames:
     labels: list[np.ndarray]
 
 
-def val_frames(count: int, data: Dataset | None = None, split: str = "val") -> Frames:
-    """`count` frames spread evenly over a split (deterministic), with their ground truth."""
-    data = data or camvid()
-    names = data.names(split)
+def spread(names: list[str], count: int) -> list[str]:
+    """`count` names spread evenly over a list (deterministic: the same frames every run)."""
     idx = np.unique(np.linspace(0, len(names) - 1, min(count, len(names))).round().astype(int))
-    picked = [names[i] for i in idx]
+    return [names[i] for i in idx]
+
+
+def val_frames(count: int, data: Dataset | None = None, split: str = "val") -> Frames:
+    """`count` frames spread evenly over a split, with their ground truth."""
+    data = data or camvid()
+    picked = spread(data.names(split), count)
     pairs = [data.read(split, n) for n in picked]
     return Frames(split, picked, [p[0] for p in pairs], [p[1] for p in pairs])
 

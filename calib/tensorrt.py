@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -117,7 +118,7 @@ class TensorRTExtractor:
         require()
         import torch_tensorrt  # noqa: F401  registers the engine op that the saved program calls
         self.module = torch.export.load(str(path)).module()
-        self.lock = __import__("threading").Lock()  # one execution context: stream and teach threads take turns
+        self.lock = threading.Lock()  # one execution context: stream and teach threads take turns
 
     def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
         outs = []

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.wait > 0:
         pub.wait_for_subscriber(args.wait)
-    fps = args.fps if args.fps is not None else (10.0 if source.kind == "images" else source.native_fps)
+    fps = args.fps if args.fps is not None else source.default_fps
     pacer = Pacer(fps)
     sent = 0
     try:

@@ -13,6 +13,7 @@ forever: every receive takes a timeout, and a teach request that gets no reply r
 
 from __future__ import annotations
 
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,13 @@ DEFAULT_LABELS = "tcp://127.0.0.1:5556"
 DEFAULT_TEACH = "tcp://127.0.0.1:5557"
 ALTERNATIVES = "--video PATH, --images DIR --fps F, or --frames ENDPOINT (frames from `edge-gfs camera`)"
 IMAGE_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
+
+
+def free_endpoint(host: str = "127.0.0.1") -> str:
+    """A tcp endpoint on a port the OS says is free now: demos, tests and benches run beside other nodes."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return f"tcp://{host}:{s.getsockname()[1]}"
 
 
 class SourceError(Exception):
@@ -76,6 +84,17 @@ def _quiet_opencv():
         log.setLogLevel(level)
 
 
+def _open_capture(target: int | str, error: str) -> cv2.VideoCapture:
+    """A camera index or video path that opens and yields a first frame, else SourceError(error)."""
+    with _quiet_opencv():
+        cap = cv2.VideoCapture(target)
+        ok = cap.isOpened() and cap.read()[0]
+    if not ok:
+        cap.release()
+        raise SourceError(error)
+    return cap
+
+
 class FrameSource:
     """Frames from `--camera N`, `--video PATH` or `--images DIR` (sorted by name). Opening checks the source,
     so a missing camera or an unreadable file is a SourceError naming the alternatives, not a traceback later."""
@@ -91,29 +110,17 @@ class FrameSource:
         self._files: list[Path] = []
         if camera is not None:
             self.kind, self.label = "camera", f"camera {camera}"
-            with _quiet_opencv():
-                cap = cv2.VideoCapture(int(camera))
-                ok = cap.isOpened() and cap.read()[0]
-            if not ok:
-                cap.release()
-                raise SourceError(f"cannot open camera {camera}; without a camera use {ALTERNATIVES}")
-            self._cap = cap
+            self._cap = _open_capture(int(camera), f"cannot open camera {camera}; without a camera use {ALTERNATIVES}")
         elif video is not None:
             self.kind, self.label = "video", str(video)
             if not Path(video).is_file():
                 raise SourceError(f"no video file at {video}; other sources: --camera N, {ALTERNATIVES}")
-            with _quiet_opencv():
-                cap = cv2.VideoCapture(str(video))
-                ok = cap.isOpened() and cap.read()[0]
-            if not ok:
-                cap.release()
-                raise SourceError(f"cannot read video {video} (not a format OpenCV decodes?); other sources: "
-                                  f"--camera N, {ALTERNATIVES}")
+            cap = _open_capture(str(video), f"cannot read video {video} (not a format OpenCV decodes?); other "
+                                            f"sources: --camera N, {ALTERNATIVES}")
             cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             fps = cap.get(cv2.CAP_PROP_FPS)
             self.native_fps = fps if fps and fps > 0 else None
             self._cap = cap
-            self._video = str(video)
         else:
             self.kind, self.label = "images", str(images)
             folder = Path(images)
@@ -122,6 +129,11 @@ class FrameSource:
             self._files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not self._files:
                 raise SourceError(f"no .jpg/.png images in {images}; other sources: --camera N, {ALTERNATIVES}")
+
+    @property
+    def default_fps(self) -> float | None:
+        """Replay rate when none is given: 10 Hz for an image folder, the file's own for a video, free for a camera."""
+        return 10.0 if self.kind == "images" else self.native_fps
 
     def __iter__(self) -> Iterator[SourceFrame]:
         if self.kind == "images":

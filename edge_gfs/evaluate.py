@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import zoo
 from .config import IGNORE
 from .datasets import Dataset, camvid
-from .metrics import confusion, summarize
+from .metrics import scored_confusion, summarize
 from .predict import Segmenter
 from .registry import Shot
 
@@ -50,16 +50,21 @@ def draw_supports(data: Dataset, novel: list[int], k: int, seed: int,
     return chosen
 
 
+def support_labels(lab: np.ndarray, target: int, novel: list[int], mode: str) -> np.ndarray | None:
+    """What a support frame gives besides its mask: nothing (`mask`), or its label map with the other novel
+    classes ignored (`full`: they are not taught yet when this class is)."""
+    if mode != "full":
+        return None
+    return np.where(np.isin(lab, [o for o in novel if o != target]), IGNORE, lab).astype(np.uint8)
+
+
 def teach_supports(seg: Segmenter, data: Dataset, supports: dict[int, list[str]], mode: str) -> list[Shot]:
     novel = list(supports)
     shots = []
     for c, names in supports.items():
         for n in names:
             img, lab = data.read("train", n)
-            labels = None
-            if mode == "full":
-                labels = np.where(np.isin(lab, [o for o in novel if o != c]), IGNORE, lab).astype(np.uint8)
-            shots.append(seg.make_shot(img, lab == c, c, labels=labels))
+            shots.append(seg.make_shot(img, lab == c, c, labels=support_labels(lab, c, novel, mode)))
     return shots
 
 
@@ -74,8 +79,7 @@ def evaluate_split(seg: Segmenter, data: Dataset, split: str, batch: int = 8, li
         pairs = [data.read(split, nm) for nm in names[s:s + batch]]
         preds = seg.segment([p[0] for p in pairs])
         for pred, (_, gt) in zip(preds, pairs):
-            gt = np.where(np.isin(gt, scored), gt, IGNORE).astype(np.uint8)
-            cm += confusion(pred, gt, n)
+            cm += scored_confusion(pred, gt, scored, n)
     novel = [c for c in scored if c not in cfg.base_classes]
     return summarize(cm, cfg.class_names, cfg.base_classes, novel) | {"frames": len(names)}
 

@@ -19,6 +19,12 @@ def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
     return np.concatenate([cm, misses[:, None]], axis=1).astype(np.int64)
 
 
+def scored_confusion(pred: np.ndarray, gt: np.ndarray, scored: list[int], num_classes: int) -> np.ndarray:
+    """confusion() with ground truth outside `scored` ignored: a model is judged only on the classes it has
+    (a base-only model is not charged for the pixels of classes it was never taught)."""
+    return confusion(pred, np.where(np.isin(gt, scored), gt, IGNORE).astype(np.uint8), num_classes)
+
+
 def iou_per_class(cm: np.ndarray) -> np.ndarray:
     """IoU per class from a confusion (with the extra 'miss' column); NaN where a class never occurs."""
     n = cm.shape[0]

@@ -177,7 +177,7 @@ class Node:
             except zmq.ZMQError as e:
                 raise SourceError(f"cannot subscribe to --frames {self.args.frames}: {e}") from None
         else:
-            fps = self.args.fps if self.args.fps else (10.0 if source.kind == "images" else source.native_fps)
+            fps = self.args.fps or source.default_fps
             self.reader = SourceReader(source, self.slot, self.stop, fps, self.args.frame_id)
 
     # -- threads ----------------------------------------------------------------------------------------------
@@ -218,8 +218,7 @@ class Node:
                 now = time.monotonic()
                 snap = self.snapshot
                 if snap.version != published_version or now >= next_classes:
-                    self._send(P.TOPIC_CLASSES, P.classes_message(snap.version, snap.classes))
-                    published_version, next_classes = snap.version, now + self.args.classes_period
+                    published_version, next_classes = self._publish_classes(snap, now)
                 if now >= next_status:
                     status = self.status()
                     self._send(P.TOPIC_STATUS, status)
@@ -237,8 +236,7 @@ class Node:
                     continue
                 snap = self.snapshot  # the one read of the classifier for this frame
                 if snap.version != published_version:
-                    self._send(P.TOPIC_CLASSES, P.classes_message(snap.version, snap.classes))
-                    published_version, next_classes = snap.version, now + self.args.classes_period
+                    published_version, next_classes = self._publish_classes(snap, now)
                 try:
                     self.process(arrival, snap)
                 except Exception:  # a frame that breaks the model must not stop the stream
@@ -289,6 +287,11 @@ class Node:
         t6 = time.perf_counter()
         ms = [(b - a) * 1000.0 for a, b in zip((t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6))]
         self.stats.add(dict(zip(STAGES, ms)), latency_ms)
+
+    def _publish_classes(self, snap: Snapshot, now: float) -> tuple[int, float]:
+        """Send the class list; returns the version now published and when to repeat it."""
+        self._send(P.TOPIC_CLASSES, P.classes_message(snap.version, snap.classes))
+        return snap.version, now + self.args.classes_period
 
     def _send(self, topic: bytes, msg: dict) -> None:
         self.pub.send_multipart([topic, P.pack(msg)], copy=False)

@@ -16,7 +16,7 @@ import zmq
 from . import protocol as P
 from .client import DEFAULT_FRAMES, DEFAULT_LABELS, FrameSubscriber, LabelSubscriber, TeachClient, TeachError, \
     TeachTimeout
-from .operator_common import EXIT_LOCAL, EXIT_OK, add_endpoint_flags, format_classes, run_client
+from .operator_common import EXIT_LOCAL, EXIT_OK, add_endpoint_flags, format_classes, open_window, run_client
 from .operator_session import HELP, OperatorSession, Request
 from .yaml_flags import parse_with_config
 
@@ -44,15 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="label overlay opacity")
     add_endpoint_flags(p)
     return p
-
-
-def has_gui() -> bool:
-    """opencv-python-headless raises on any window call; the window we probe with is the one we then use."""
-    try:
-        cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE)
-        return True
-    except cv2.error:
-        return False
 
 
 def perform(client: TeachClient, req: Request) -> object:
@@ -152,7 +143,7 @@ def loop(args: argparse.Namespace, client: TeachClient) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args, _ = parse_with_config(build_parser(), argv)
-    if not has_gui():
+    if not open_window(WINDOW):
         print(NO_GUI, file=sys.stderr)
         return EXIT_LOCAL
     return run_client(PROG, args, lambda client: loop(args, client))

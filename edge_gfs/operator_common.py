@@ -11,9 +11,20 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import cv2
+
 from .client import DEFAULT_TEACH, TeachClient, TeachError, TeachTimeout
 
 EXIT_OK, EXIT_REFUSED, EXIT_LOCAL, EXIT_NO_REPLY = 0, 1, 2, 3
+
+
+def open_window(name: str) -> bool:
+    """Open an OpenCV window; False on opencv-python-headless, which raises on any window call."""
+    try:
+        cv2.namedWindow(name, cv2.WINDOW_AUTOSIZE)
+        return True
+    except cv2.error:
+        return False
 
 
 def add_endpoint_flags(p: argparse.ArgumentParser) -> None:

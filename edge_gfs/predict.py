@@ -93,7 +93,8 @@ class Segmenter:
         self.weighting = self.options.weighting or model.cfg.dqce_weighting
         self.novel_bias = model.cfg.novel_bias if self.options.novel_bias is None else self.options.novel_bias
         self.shots: list[Shot] = []
-        self.classifier = self.rebuild([])
+        self.base_classifier = self.rebuild([])  # no shots: what mask-only shots take pseudo context from
+        self.classifier = self.base_classifier
 
     # -- classifier -------------------------------------------------------------------------------------------
     def rebuild(self, shots: list[Shot]) -> Classifier:
@@ -111,10 +112,7 @@ class Segmenter:
     # -- per frame ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def features(self, rgb: torch.Tensor) -> torch.Tensor:
-        if self.extractor is self.model.extractor or rgb.shape[0] == 1:
-            return self.extractor(rgb)
-        # compiled artifacts are built for one static (1,3,H,W) input: a batch (a K-shot teach) goes through one by one
-        return torch.cat([self.extractor(rgb[i:i + 1]) for i in range(rgb.shape[0])])
+        return self.extractor(rgb)  # compiled runners (calib/) take a batch too, frame by frame
 
     @torch.no_grad()
     def logits(self, feats: torch.Tensor, classifier: Classifier | None = None) -> torch.Tensor:
@@ -136,9 +134,8 @@ class Segmenter:
         never changes a label.
         """
         clf = classifier or self.classifier
-        row_ids = np.asarray(clf.row_ids, dtype=np.uint8)
         maps = [upsample_argmax(item, out_hw, confidence) for item in logits.float().numpy()]
-        labels = np.stack([row_ids[idx] for idx, _ in maps])
+        labels = np.stack([cv2.LUT(idx, clf.row_lut) for idx, _ in maps])
         return labels, (np.stack([conf for _, conf in maps]) if confidence else None)
 
     def segment(self, frames_bgr: list[np.ndarray]) -> np.ndarray:
@@ -180,6 +177,14 @@ class Segmenter:
     def shot_from_features(self, feats: torch.Tensor, mask: np.ndarray, target: int, shot_id: str,
                            labels: np.ndarray | None = None) -> Shot:
         """make_shot after the feature extractor: lets the benchmark reuse cached features."""
+        class_map = self.shot_class_map(feats, mask, target, labels)
+        return shot_from_features(feats, class_map, target, shot_id, "mask" if labels is None else "labels")
+
+    @torch.no_grad()
+    def shot_class_map(self, feats: torch.Tensor, mask: np.ndarray, target: int,
+                       labels: np.ndarray | None = None) -> torch.Tensor:
+        """(1,h,w) class ids at feature resolution that a shot pools over: `target` under the mask, base context
+        from `labels` or, without them, from the model's own confident base prediction; 255 = ignore."""
         size = feats.shape[-2:]
         m = torch.from_numpy(np.ascontiguousarray(mask != 0))[None]
         m_small = capl.downsample_labels(m.long(), size).bool()
@@ -187,17 +192,13 @@ class Segmenter:
             # a thin object (a pole is ~2 px wide at 360x480) can fall between the nearest samples of the
             # stride-8 grid: then take every feature cell the mask touches, so it can still be taught
             m_small = F.adaptive_max_pool2d(m[:, None].float(), size)[:, 0].bool()
-        if labels is not None:
-            lab = torch.from_numpy(labels.astype(np.int64))[None]
-            lab = torch.where(m, torch.full_like(lab, target), lab)
-            class_map = capl.downsample_labels(lab, size)
-            class_map = torch.where(m_small, torch.full_like(class_map, target), class_map)
-            keep = torch.tensor(self.cfg.base_classes + [target])
-            class_map = torch.where(torch.isin(class_map, keep), class_map, torch.full_like(class_map, capl.IGNORE))
-            mode = "labels"
-        else:
-            base_logits = self.logits(feats, self.rebuild([]))
-            class_map = capl.pseudo_context_labels(base_logits, m_small, target,
-                                                   torch.tensor(self.cfg.base_classes), self.cfg.pseudo_threshold)
-            mode = "mask"
-        return shot_from_features(feats, class_map, target, shot_id, mode)
+        if labels is None:
+            base_logits = self.logits(feats, self.base_classifier)
+            return capl.pseudo_context_labels(base_logits, m_small, target, torch.tensor(self.cfg.base_classes),
+                                              self.cfg.pseudo_threshold)
+        lab = torch.from_numpy(labels.astype(np.int64))[None]
+        lab = torch.where(m, torch.full_like(lab, target), lab)
+        class_map = capl.downsample_labels(lab, size)
+        class_map = torch.where(m_small, torch.full_like(class_map, target), class_map)
+        keep = torch.tensor(self.cfg.base_classes + [target])
+        return torch.where(torch.isin(class_map, keep), class_map, torch.full_like(class_map, capl.IGNORE))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -88,6 +89,13 @@ class Classifier:
     base_rows: torch.Tensor  # (N_b,d)
     novel_rows: torch.Tensor  # (N_n,d)
     novel_ids: list[int] = field(default_factory=list)
+
+    @cached_property
+    def row_lut(self) -> np.ndarray:
+        """(256,) uint8 row index -> class id, for cv2.LUT over a whole label map (once per classifier, not per frame)."""
+        lut = np.full(256, 255, dtype=np.uint8)
+        lut[:len(self.row_ids)] = self.row_ids
+        return lut
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ import numpy as np
 from .overlay import color_for
 from .protocol import (BAD_REQUEST, IGNORE_ID, LIMIT, LIMITS, MODEL_MISMATCH, NAME_TAKEN, UNKNOWN_CLASS, Limits,
                        RequestError)
+from .protocol import pack as pack_msg
 from .registry import Shot
 
 STATE_FILE = "registry.msgpack"
@@ -197,8 +198,8 @@ def _entry_from(c: dict, dim: int) -> ClassEntry:
 def export_pack(reg: Registry) -> bytes:
     """Everything taught (novel classes and base-class context), tied to the base model by its checksum."""
     taught = [_entry_dict(e) for e in reg.entries if e.shots]
-    return msgpack.packb({"format": PACK_FORMAT, "model_checksum": reg.model_checksum, "model_name": reg.model_name,
-                          "dim": reg.dim, "classes": taught}, use_bin_type=True)
+    return pack_msg({"format": PACK_FORMAT, "model_checksum": reg.model_checksum, "model_name": reg.model_name,
+                     "dim": reg.dim, "classes": taught})
 
 
 def import_pack(reg: Registry, data: bytes, limits: Limits = LIMITS) -> Registry:
@@ -209,7 +210,7 @@ def import_pack(reg: Registry, data: bytes, limits: Limits = LIMITS) -> Registry
         if not isinstance(pack, dict) or pack.get("format") != PACK_FORMAT:
             raise ValueError("not a class pack")
         checksum = str(pack["model_checksum"])
-        classes = [(_entry_from(c, int(pack["dim"])), c) for c in pack["classes"]]
+        entries = [_entry_from(c, int(pack["dim"])) for c in pack["classes"]]
     except Exception as e:
         raise RequestError(BAD_REQUEST, f"not an edge-gfs class pack ({e})") from None
     if checksum != reg.model_checksum:
@@ -217,7 +218,7 @@ def import_pack(reg: Registry, data: bytes, limits: Limits = LIMITS) -> Registry
                                            f"(checksum {checksum[:12]}), this node runs {reg.model_name!r} "
                                            f"(checksum {reg.model_checksum[:12]})")
     out = reg
-    for entry, _ in classes:
+    for entry in entries:
         if entry.kind == "base" and out.find(entry.name) is None:
             raise RequestError(BAD_REQUEST, f"the pack adds context to base class {entry.name!r}, unknown here")
         cid, _new = out.target_for(entry.name, limits=limits)
@@ -278,7 +279,7 @@ class StateStore:
             raise StateError(f"{self.path} is unreadable ({e}); move it away to start with no taught classes") from None
 
     def save(self, reg: Registry) -> None:
-        atomic_write(self.path, msgpack.packb(reg.to_dict(), use_bin_type=True))
+        atomic_write(self.path, pack_msg(reg.to_dict()))
 
     def open(self, fresh: Registry) -> Registry:
         """The saved registry if it belongs to this model, else `fresh` (saved). Refuses another model's state."""

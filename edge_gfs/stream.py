@@ -135,12 +135,8 @@ class SourceReader(threading.Thread):
                 self.pacer.wait(self.stop)
                 stamp = time.time_ns()
                 try:
-                    if sf.data is not None:
-                        frame = P.make_frame(data=sf.data, encoding=sf.encoding, seq=seq, stamp_ns=stamp,
-                                             frame_id=self.frame_id)
-                    else:
-                        frame = P.make_frame(image=sf.image, encoding="bgr8", seq=seq, stamp_ns=stamp,
-                                             frame_id=self.frame_id)
+                    frame = P.make_frame(image=sf.image, data=sf.data, encoding=sf.encoding or "bgr8", seq=seq,
+                                         stamp_ns=stamp, frame_id=self.frame_id)
                 except ValueError as e:
                     self.bad += 1
                     log.warning("unreadable frame %s skipped: %s", sf.name, e)

@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from .client import DEFAULT_FRAMES, DEFAULT_LABELS, FrameSubscriber, LabelSubscriber
+from .operator_common import open_window
 from .overlay import legend, overlay
 from .yaml_flags import parse_with_config
 
@@ -27,14 +28,6 @@ EXAMPLE = """examples:
   edge-gfs view --out out/view.mp4 --count 100    # headless: record 100 overlays to a video
   edge-gfs view --out out/view/ --count 10        # ... or to PNG files
 """
-
-
-def has_gui() -> bool:
-    try:
-        cv2.namedWindow("edge-gfs view")
-        return True
-    except cv2.error:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="YAML map of any of these flags; flags win")
     args, _ = parse_with_config(p, argv)
-    if args.out is None and not has_gui():
+    if args.out is None and not open_window("edge-gfs view"):
         print("edge-gfs view: this OpenCV has no GUI (opencv-python-headless): pass --out FILE.mp4 or --out DIR",
               file=sys.stderr)
         return 2

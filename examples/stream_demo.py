@@ -16,7 +16,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,18 +28,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient  # noqa: E402
+from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
 from edge_gfs.evaluate import draw_supports  # noqa: E402
 from edge_gfs.overlay import legend, overlay  # noqa: E402
 
 CAR = 8
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def write_shots(out: Path, k: int) -> list[str]:

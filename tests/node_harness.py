@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +18,17 @@ import numpy as np
 import pytest
 
 from edge_gfs import zoo
-from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient
+from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint
 from edge_gfs.datasets import camvid
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return int(free_endpoint().rsplit(":", 1)[1])
 
 
-def endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
+endpoint = free_endpoint
 
 
 def require_model(name: str = "camvid-fold0") -> str:

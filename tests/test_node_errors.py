@@ -178,8 +178,8 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 
 
 def test_view_without_a_gui_asks_for_out(capsys):
-    from edge_gfs.view import has_gui
-    if has_gui():
+    from edge_gfs.operator_common import open_window
+    if open_window("edge-gfs view"):
         pytest.skip("this OpenCV has a GUI: view would open a window")
     assert cli_main(["view"]) == 2
     assert "--out" in capsys.readouterr().err

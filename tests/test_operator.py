@@ -13,7 +13,8 @@ import pytest
 
 from edge_gfs.client import segment_via
 from edge_gfs.config import CAMVID_CLASSES
-from edge_gfs.operator import handle, has_gui
+from edge_gfs.operator import WINDOW, handle
+from edge_gfs.operator_common import open_window
 from edge_gfs.operator_session import BAR_H, OperatorSession
 from edge_gfs.overlay import legend, overlay
 
@@ -227,7 +228,7 @@ def test_teach_preview_list_and_forget_through_a_real_node(tmp_path, data):
 
 
 def test_command_on_headless_opencv_says_how_to_get_a_window():
-    if has_gui():
+    if open_window(WINDOW):
         pytest.skip("this OpenCV has a GUI")
     r = cli("operator")
     assert r.returncode == 2
