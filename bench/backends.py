@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from calib import export_extractor  # noqa: E402
-from calib.cpu import OnnxRuntimeExtractor, OpenVinoExtractor, cpu_name, export_onnx, runtime_versions  # noqa: E402
+from calib.cpu import OnnxRuntimeExtractor, OpenVinoExtractor, cpu_name, export_onnx, runtime_versions, version  # noqa: E402
 from edge_gfs import zoo  # noqa: E402
 
 
@@ -89,17 +89,16 @@ def candidates(model, hw: tuple[int, int], work: Path, x: torch.Tensor, threads:
         runner = torch._inductor.aoti_load_package(pkg)
         return torch.no_grad()(runner)
 
-    def ort(spin: bool):
-        def build():
-            if not onnx_path.exists():
-                export_onnx(model, hw, onnx_path)
-            return OnnxRuntimeExtractor(onnx_path, threads, spin=spin)
-        return build
-
-    def ov_onnx():
+    def onnx_file() -> Path:
         if not onnx_path.exists():
             export_onnx(model, hw, onnx_path)
-        return OpenVinoExtractor(onnx_path, threads)
+        return onnx_path
+
+    def ort(spin: bool):
+        return lambda: OnnxRuntimeExtractor(onnx_file(), threads, spin=spin)
+
+    def ov_onnx():
+        return OpenVinoExtractor(onnx_file(), threads)
 
     def ov_ep():
         return OpenVinoExtractor(export_extractor(model, hw), threads)
@@ -250,20 +249,13 @@ def main() -> int:
               "machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "threads": args.threads,
               "loadavg_start": list(load0), "loadavg_end": list(load1), "matmul_gflops_per_s": round(rate, 1),
               "matmul_gflops_per_s_samples": [round(r, 1) for r in rates],
-              "versions": runtime_versions() | {"openvino": _version("openvino")}, "sizes": results, "node": node,
+              "versions": runtime_versions() | {"openvino": version("openvino")}, "sizes": results, "node": node,
               "decision": decision}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "backends.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "backends.md").write_text(markdown(report))
     print(markdown(report))
     return 0
-
-
-def _version(name: str) -> str:
-    try:
-        return __import__(name).__version__
-    except ImportError:
-        return "absent"
 
 
 if __name__ == "__main__":

@@ -105,13 +105,14 @@ def load_cpu(path: Path, threads: int | None = None) -> Callable[[torch.Tensor],
 
 def runtime_versions() -> dict[str, str]:
     """Versions of what made / runs the CPU artifact (recorded in the sidecar)."""
-    out = {"torch": torch.__version__}
-    for name in ("onnxruntime", "onnx", "onnxscript"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = "absent"
-    return out
+    return {"torch": torch.__version__} | {name: version(name) for name in ("onnxruntime", "onnx", "onnxscript")}
+
+
+def version(package: str) -> str:
+    try:
+        return __import__(package).__version__
+    except ImportError:
+        return "absent"
 
 
 def cpu_name() -> str:
