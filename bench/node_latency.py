@@ -34,7 +34,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from edge_gfs import zoo  # noqa: E402
 from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
+from edge_gfs.config import parse_hw  # noqa: E402
 from edge_gfs.evaluate import draw_supports  # noqa: E402
+from edge_gfs.model import at_size  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -75,6 +77,8 @@ class Bench:
         cmd = [sys.executable, "-m", "edge_gfs.cli", "run", "--model", args.model, "--state", str(state),
                "--threads", str(args.threads), "--status-period", "0.5", "--log-level", "warning",
                "--backend", args.backend]
+        if args.input_size:
+            cmd += ["--input-size", f"{args.input_size[0]}x{args.input_size[1]}"]
         for k, v in self.eps.items():
             cmd += [f"--{k}", v]
         self.node = subprocess.Popen(cmd, cwd=REPO)
@@ -177,7 +181,8 @@ class Bench:
 
 def markdown(r: dict) -> str:
     fl = r["floor"]
-    lines = [f"# Node latency ({r['backend']}, model {r['model']}, {r['threads_flag']} threads flag)", "",
+    size = f"{fl['input_hw'][0]}x{fl['input_hw'][1]}"
+    lines = [f"# Node latency ({r['backend']}, model {r['model']} at {size}, {r['threads_flag']} threads flag)", "",
              f"Command: `{r['command']}`; {r['machine']}.", "",
              "| rate | sent | maps | dropped | fps | p50 ms | p95 ms | p99 ms | CPU % | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -213,8 +218,13 @@ def main() -> int:
     p.add_argument("--rates", default="5,10,30,closed,flood")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per rate")
     p.add_argument("--out", type=Path, default=REPO / "bench/results")
+    p.add_argument("--input-size", type=parse_hw, metavar="HxW",
+                   help="a profile other than the model's own input size (compile it with --size HxW first)")
+    p.add_argument("--name", default="node_latency", help="result file stem, e.g. node_latency_352x480")
     args = p.parse_args()
     model, _ = zoo.load(args.model)
+    if args.input_size:
+        model = at_size(model, args.input_size)
     from calib.artifact import ArtifactError
     from calib.backend import select
     for backend in args.backends.split(","):
@@ -245,9 +255,9 @@ def main() -> int:
                         "machine": f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end", "floor": floor,
                         "runs": runs, "teach": teach})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "node_latency.json").write_text(json.dumps({"backends": reports}, indent=1))
-    (args.out / "node_latency.md").write_text("\n".join(markdown(r) for r in reports))
-    print((args.out / "node_latency.md").read_text())
+    (args.out / f"{args.name}.json").write_text(json.dumps({"backends": reports}, indent=1))
+    (args.out / f"{args.name}.md").write_text("\n".join(markdown(r) for r in reports))
+    print((args.out / f"{args.name}.md").read_text())
     return 0
 
 

@@ -39,6 +39,8 @@ from edge_gfs.predict import InferenceOptions, Segmenter, to_input  # noqa: E402
 # name -> (what it changes, options). "fit" fits the novel rows (and a bias each) on the support pixels by
 # 50 Adam steps with the base rows frozen (DIaM/BCM-style registration-time calibration).
 VARIANTS: dict[str, tuple[str, dict]] = {
+    "boost_0.10": ("novel rows favoured by 0.10 (a negative margin)", {"novel_bias": -0.10}),
+    "boost_0.05": ("novel rows favoured by 0.05 (a negative margin)", {"novel_bias": -0.05}),
     "uncalibrated": ("CAPL as in the paper (novel_bias 0)", {"novel_bias": 0.0}),
     "bias_0.05": ("constant novel margin 0.05", {"novel_bias": 0.05}),
     "bias_0.10": ("constant novel margin 0.10", {"novel_bias": 0.10}),
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                          for r in runs])) for c in base + novel}})
     model.cfg.pseudo_threshold, model.cfg.sce_pooling = 0.7, "raw"
     report = {"split": "val", "frames": len(val), "shots": args.shots, "mode": "mask", "seeds": SEEDS,
-              "command": "python bench/val_tuning.py" + (f" --shots {args.shots}" if args.shots != 5 else ""),
+              "command": "python bench/val_tuning.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "wall_seconds": time.time() - t_start, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "tuning" if args.shots == 5 else f"tuning_k{args.shots}"

@@ -61,7 +61,7 @@ def open_artifact(path: Path, model_name: str, checksum: str, input_hw: tuple[in
         ok, why = tensorrt_available()
         if not ok:
             raise ArtifactError(f"{path} is a TensorRT engine but {why}: on this machine run "
-                                f"{compile_command(model_name, 'cpu')} and --backend cpu")
+                                f"{compile_command(model_name, 'cpu', input_hw)} and --backend cpu")
     verify(path, side, model_name, checksum, input_hw, environment(side.target))
     return side, load_runner(side.target, path)
 
@@ -92,7 +92,7 @@ def select(model: CaplModel, model_name: str, requested: str = "auto", engine: P
             if not ok:
                 if requested == "tensorrt":
                     raise ArtifactError(f"--backend tensorrt needs CUDA and torch_tensorrt here, but {why}: on a CPU "
-                                        f"run {compile_command(model_name, 'cpu')} and use --backend cpu (or auto)")
+                                        f"run {compile_command(model_name, 'cpu', input_hw)} and use --backend cpu (or auto)")
                 notes.append(f"no TensorRT ({why})")
                 continue
         found = cached(checksum, target)
@@ -108,6 +108,6 @@ def select(model: CaplModel, model_name: str, requested: str = "auto", engine: P
             return Backend(target, runner, path, f"{target} artifact {path} ({side.precision}, {side.runtime})")
     if requested != "auto":
         target = "tensorrt" if requested == "tensorrt" else "cpu"
-        raise ArtifactError(f"--backend {requested}: {'; '.join(notes)}; run {compile_command(model_name, target)}")
+        raise ArtifactError(f"--backend {requested}: {'; '.join(notes)}; run {compile_command(model_name, target, input_hw)}")
     return Backend("eager", None, None, f"eager PyTorch: {'; '.join(notes)} (run "
-                                        f"{compile_command(model_name, 'cpu')} for the faster CPU path)")
+                                        f"{compile_command(model_name, 'cpu', input_hw)} for the faster CPU path)")

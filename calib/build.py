@@ -6,14 +6,13 @@ passes, so a failed compile never leaves something that `--backend auto` would p
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
 import torch
 
 from edge_gfs.datasets import open_dataset
-from edge_gfs.model import CaplModel, model_checksum
+from edge_gfs.model import CaplModel, at_size, model_checksum
 from edge_gfs.predict import to_input
 
 from .artifact import (PRECISIONS, TARGETS, ArtifactError, Sidecar, cache_path, compile_command, file_sha256,
@@ -22,21 +21,6 @@ from .backend import load_runner
 from .parity import ParityError, check_parity, describe, spread, val_frames
 
 log = logging.getLogger("calib.build")
-
-
-def at_size(model: CaplModel, input_hw: tuple[int, int]) -> CaplModel:
-    """The same weights with another input size in the config, so Segmenter feeds the artifact's size.
-
-    A shallow copy: the modules are shared, only `cfg` differs (ModelConfig's multiple-of-32 rule is for
-    training; a 360x480 camera profile runs fine, the FPN resizes to whatever the strides give).
-    """
-    if tuple(input_hw) == tuple(model.cfg.input_hw):
-        return model
-    cfg = copy.copy(model.cfg)
-    cfg.input_hw = tuple(input_hw)
-    other = copy.copy(model)
-    object.__setattr__(other, "cfg", cfg)
-    return other
 
 
 def calibration_batches(spec: str, input_hw: tuple[int, int], count: int = 64) -> list[torch.Tensor]:

@@ -187,16 +187,33 @@ def fake_novel_prototypes(sup_features: torch.Tensor, sup_labels: torch.Tensor, 
     return p_fake, fn, fc
 
 
-def upsampled_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy after bilinear upsampling of the logits to the label size (ignore = 255)."""
+def upsampled_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy after bilinear upsampling of the logits to the label size (ignore = 255).
+
+    `weight` (N,) rescales each class's pixels (class-balanced CE for thin, rare classes); the mean is over
+    the weights, as torch's weighted CE does, so the loss scale does not drift with the batch's class mix.
+    """
     up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     if not bool((labels != IGNORE).any()):
         return up.sum() * 0.0  # an all-ignore batch teaches nothing (plain CE would give NaN)
-    return F.cross_entropy(up, labels, ignore_index=IGNORE)
+    return F.cross_entropy(up, labels, weight=weight, ignore_index=IGNORE)
+
+
+def balanced_class_weights(pixel_share: torch.Tensor, c: float = 1.02, cap: float = 10.0) -> torch.Tensor:
+    """ENet's class weights 1 / ln(c + share), divided by their median and capped.
+
+    Why: Pole, SignSymbol, Pedestrian and Bicyclist are each about 1% of CamVid's pixels, so plain CE lets
+    the network trade them for a sliver of Road. ENet's raw weights span 50x on CamVid; the median
+    normalisation keeps frequent classes near 1 and the cap keeps one rare pixel from outweighing ten.
+    """
+    share = pixel_share.double() / pixel_share.double().sum().clamp_min(EPS)
+    w = 1.0 / torch.log(c + share)
+    return (w / w.median()).clamp(max=cap).float()
 
 
 def capl_loss(features: torch.Tensor, labels: torch.Tensor, p_cls: torch.Tensor, g_sup: Gate, alpha: float,
-              weighting: str = "impl", generator: torch.Generator | None = None) -> torch.Tensor:
+              weighting: str = "impl", generator: torch.Generator | None = None,
+              class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The CAPL training loss for one batch: 0.5 CE with P_capl (Eq. 7) + 0.5 CE with P_fake.
 
     labels (B,H,W) base-row indices at input resolution (novel and void = 255). floor(B/2) images are fake
@@ -209,6 +226,6 @@ def capl_loss(features: torch.Tensor, labels: torch.Tensor, p_cls: torch.Tensor,
     sup_labels = downsample_labels(labels[n_q:], features.shape[-2:])
     p_fake, _, _ = fake_novel_prototypes(sup_feats, sup_labels, p_cls, g_sup, generator)
     p_dyn = dqce(features, p_cls, alpha, weighting)
-    loss_capl = upsampled_ce(cosine_logits(features, p_fake[None] + p_dyn, alpha), labels)
-    loss_fake = upsampled_ce(cosine_logits(features, p_fake, alpha), labels)
+    loss_capl = upsampled_ce(cosine_logits(features, p_fake[None] + p_dyn, alpha), labels, class_weight)
+    loss_fake = upsampled_ce(cosine_logits(features, p_fake, alpha), labels, class_weight)
     return 0.5 * loss_capl + 0.5 * loss_fake

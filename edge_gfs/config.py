@@ -6,6 +6,7 @@ loses accuracy when fed full-resolution frames, so every consumer (trainer, node
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +40,9 @@ class ModelConfig:
     dqce_weighting: str = "impl"  # "impl" (reference code) or "paper" (printed Eq. 6)
     sce_pooling: str = "raw"  # registration pools "raw" features (Eq. 1) or "normalised" ones (as Eq. 9)
     pseudo_threshold: float = 0.7  # min softmax confidence for pseudo base context in mask-only shots
-    novel_bias: float = 0.15  # cosine margin taken off novel rows (capl.calibrate_novel); tuned on val
+    # cosine margin taken off novel rows (capl.calibrate_novel), tuned on val by bench/val_tuning.py: 0.15 for the
+    # previous 192x256 recipe, 0 (the paper's CAPL) for the current one (bench/results/val/recipe2/tuning.md)
+    novel_bias: float = 0.0
 
     def __post_init__(self) -> None:
         self.input_hw = tuple(int(v) for v in self.input_hw)  # yaml/json give lists
@@ -65,6 +68,17 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """'352x480' -> (352, 480); an argparse `type`, so a bad size is a usage error that shows the form."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a size must look like 352x480 (HxW), got {text!r}") from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size {text!r}: height and width must be >= 32")
+    return h, w
 
 
 def data_root() -> Path:

@@ -17,9 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from . import zoo
-from .config import IGNORE
+from .config import IGNORE, parse_hw
 from .datasets import Dataset, camvid
 from .metrics import scored_confusion, summarize
+from .model import at_size
 from .predict import Segmenter
 from .registry import Shot
 
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=123, help="support draw seed")
     p.add_argument("--support-mode", default="mask", choices=["mask", "full"])
     p.add_argument("--limit", type=int, default=None, help="only the first N frames of the split")
+    p.add_argument("--input-size", default=None, type=parse_hw, metavar="HxW",
+                   help="HxW to run the model at instead of its own (a speed/accuracy profile, e.g. 288x384)")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
     try:
@@ -101,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"edge-gfs evaluate: {e}", file=sys.stderr)
         return 2
+    if args.input_size:
+        model = at_size(model, args.input_size)
     seg = Segmenter(model)
     t0 = time.time()
-    result: dict = {"model": args.model, "split": args.split, "shots": args.shots}
+    result: dict = {"model": args.model, "split": args.split, "shots": args.shots,
+                    "input_hw": list(model.cfg.input_hw)}
     if args.shots:
         novel = [c for c in range(len(model.cfg.class_names)) if c not in model.cfg.base_classes]
         supports = draw_supports(data, novel, args.shots, args.seed)

@@ -7,6 +7,7 @@ G_sup stay in PyTorch so teaching never rebuilds an engine.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 from pathlib import Path
@@ -92,6 +93,22 @@ class CaplModel(nn.Module):
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         return self.extractor(rgb)
+
+
+def at_size(model: CaplModel, input_hw: tuple[int, int]) -> CaplModel:
+    """The same weights with another input size in the config: a model's speed/accuracy profiles, and what
+    Segmenter feeds a compiled artifact of another size.
+
+    A shallow copy: the modules are shared, only `cfg` differs (ModelConfig's multiple-of-32 rule is for
+    training; a 360x480 camera profile runs fine, the FPN resizes to whatever the strides give).
+    """
+    if tuple(input_hw) == tuple(model.cfg.input_hw):
+        return model
+    cfg = copy.copy(model.cfg)
+    cfg.input_hw = tuple(input_hw)
+    other = copy.copy(model)
+    object.__setattr__(other, "cfg", cfg)
+    return other
 
 
 def save_checkpoint(path: str | Path, model: CaplModel, extra: dict | None = None, half: bool = False) -> None:

@@ -25,6 +25,7 @@ import torch
 import zmq
 
 from . import protocol as P
+from .config import parse_hw
 from .client import ALTERNATIVES, DEFAULT_FRAMES, DEFAULT_LABELS, DEFAULT_TEACH, FrameSource, SourceError
 from .predict import Segmenter, to_input
 from .state import Registry, StateError, StateStore
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the node's CURVE NAME.key_secret: required to bind --teach beyond loopback")
     p.add_argument("--curve-allow", type=Path, metavar="DIR", help="folder of operators' public *.key files accepted")
     p.add_argument("--model", default="camvid", help="bundled name (camvid, camvid-fold0) or a .pt path")
+    p.add_argument("--input-size", metavar="HxW", type=parse_hw,
+                   help="run the model at this input size instead of its own (a speed/accuracy profile; compile "
+                        "with --size HxW to match); see README 'Profiles'")
     p.add_argument("--state", type=Path, metavar="DIR",
                    help="where the class registry lives (default: $XDG_STATE_HOME/edge-gfs/MODEL)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -303,7 +307,8 @@ class Node:
                 "drops": overwritten + gaps, "drops_overwritten": overwritten, "drops_seq_gap": gaps,
                 "bad_frames": self.bad_frames + getattr(r, "bad", 0), "errors": self.errors,
                 "classes_version": self.snapshot.version, "threads": torch.get_num_threads(),
-                "uptime_s": round(time.monotonic() - self.started, 1), "input": self.input_label()}
+                "uptime_s": round(time.monotonic() - self.started, 1), "input": self.input_label(),
+                "input_hw": list(self.seg.cfg.input_hw)}
 
     def input_label(self) -> str:
         a = self.args
@@ -335,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from . import zoo  # after the fast checks: loading torch models takes a while
-    from .model import model_checksum
+    from .model import at_size, model_checksum
     from calib.artifact import ArtifactError
     from calib.backend import select as select_backend
     store: StateStore | None = None
@@ -345,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(getattr(args, f) is not None for f in ("camera", "video", "images")):
             source = FrameSource(camera=args.camera, video=args.video, images=args.images, loop=args.loop)
         model, _ = zoo.load(args.model)
+        if args.input_size:
+            model = at_size(model, args.input_size)
         backend = select_backend(model, args.model, args.backend, args.engine)  # ArtifactError says what to run
         seg = Segmenter(model, extractor=backend.extractor)
         state_dir = args.state or default_state_dir(args.model)

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from . import protocol as P
-from .overlay import legend, overlay
+from .overlay import class_colors, legend, overlay
 
 TOOLS = ("box", "brush", "erase")
 BAR_H = 46  # status bar under the frame: state + message line, key help line
@@ -91,6 +91,7 @@ class OperatorSession:
         self.live_seq = -1
         self.pair: tuple[int, np.ndarray, np.ndarray] | None = None  # newest (seq, frame, labels) matched
         self.names: dict[int, str] = {}
+        self.colors: dict[int, tuple[int, int, int]] = {}
         self.classes: list[dict] = []
         self.classes_version = -1
         self.frozen: np.ndarray | None = None
@@ -128,6 +129,7 @@ class OperatorSession:
         """A `classes` message or a `list` reply: the legend follows the node's registry."""
         self.classes = list(msg.get("classes", []))
         self.names = {int(c["id"]): str(c["name"]) for c in self.classes}
+        self.colors = class_colors(self.classes)
         self.classes_version = int(msg.get("version", -1))
 
     # -- what is on screen ----------------------------------------------------------------------------------
@@ -370,7 +372,7 @@ class OperatorSession:
                         cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         elif labels is not None and labels.shape == frame.shape[:2]:
             alpha = self.alpha if self.frozen is None or self.preview is not None else 0.3 * self.alpha
-            img = overlay(frame, labels, alpha)
+            img = overlay(frame, labels, alpha, self.colors)
         else:
             img = frame.copy()
         if self.frozen is not None:
@@ -379,7 +381,7 @@ class OperatorSession:
         tag = "FROZEN" if self.frozen is not None else "LIVE"
         cv2.putText(img, tag, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(img, tag, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
-        panel = np.concatenate([img, legend(self.legend_names(), h)], axis=1)
+        panel = np.concatenate([img, legend(self.legend_names(), h, self.colors)], axis=1)
         return np.concatenate([panel, self._status_bar(panel.shape[1])], axis=0)
 
     def _draw_work(self, img: np.ndarray) -> None:

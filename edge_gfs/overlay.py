@@ -7,9 +7,15 @@ import colorsys
 import cv2
 import numpy as np
 
+RGB = tuple[int, int, int]
+
 # SegNet's CamVid palette (RGB), so pictures look like the ones people know.
 CAMVID_RGB = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
               (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]
+
+# Taught classes: saturated colours that no CamVid base colour comes near (CIE Lab distance >= 50, tested),
+# so what the robot just learned stands out. CamVid's own Car purple sits next to Road's.
+TAUGHT_RGB: list[RGB] = [(255, 230, 0), (255, 0, 255), (0, 255, 0), (0, 255, 255), (255, 140, 0), (255, 0, 128)]
 
 
 def color_for(class_id: int) -> tuple[int, int, int]:
@@ -21,25 +27,46 @@ def color_for(class_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def palette_bgr() -> np.ndarray:
-    """(256,3) uint8 lookup table; 255 (unknown/ignore) is black."""
-    lut = np.array([color_for(i)[::-1] for i in range(256)], dtype=np.uint8)
-    lut[255] = 0
+def taught_color(in_use: set[RGB] | frozenset[RGB] = frozenset()) -> RGB:
+    """The colour of a newly taught class: the first taught colour no live class has, then spread hues."""
+    for c in TAUGHT_RGB:
+        if c not in in_use:
+            return c
+    return color_for(len(in_use) + 64)
+
+
+def class_colors(classes: list[dict]) -> dict[int, RGB]:
+    """id -> RGB from a node's class table (`classes` message or `list` reply): what overlays should draw."""
+    return {int(c["id"]): tuple(int(v) for v in c["color"]) for c in classes if "color" in c}
+
+
+_DEFAULT_LUT = np.array([color_for(i)[::-1] for i in range(256)], dtype=np.uint8)
+_DEFAULT_LUT[255] = 0
+
+
+def palette_bgr(colors: dict[int, RGB] | None = None) -> np.ndarray:
+    """(256,3) uint8 lookup table, the class table's colours over the defaults; 255 (unknown/ignore) is black."""
+    lut = _DEFAULT_LUT.copy()
+    for cid, rgb in (colors or {}).items():
+        if 0 <= cid < 255:
+            lut[cid] = rgb[::-1]
     return lut
 
 
-def overlay(frame_bgr: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    colour = palette_bgr()[labels]
+def overlay(frame_bgr: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
+            colors: dict[int, RGB] | None = None) -> np.ndarray:
+    colour = palette_bgr(colors)[labels]
     return cv2.addWeighted(frame_bgr, 1.0 - alpha, colour, alpha, 0.0)
 
 
-def legend(names: dict[int, str], height: int) -> np.ndarray:
+def legend(names: dict[int, str], height: int, colors: dict[int, RGB] | None = None) -> np.ndarray:
     """A white strip listing class colours and names, to put beside an overlay."""
+    lut = palette_bgr(colors)
     strip = np.full((height, 170, 3), 255, np.uint8)
     for k, (cid, name) in enumerate(sorted(names.items())):
         y = 8 + 20 * k
         if y + 14 > height:
             break
-        cv2.rectangle(strip, (8, y), (24, y + 14), color_for(cid)[::-1], -1)
+        cv2.rectangle(strip, (8, y), (24, y + 14), tuple(int(v) for v in lut[cid]), -1)
         cv2.putText(strip, f"{cid} {name}", (30, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     return strip

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from .overlay import color_for
+from .overlay import color_for, taught_color
 from .protocol import (BAD_REQUEST, IGNORE_ID, LIMIT, LIMITS, MODEL_MISMATCH, NAME_TAKEN, UNKNOWN_CLASS, Limits,
                        RequestError)
 from .protocol import pack as pack_msg
@@ -140,7 +140,8 @@ class Registry:
         if entry is None:
             model_id = self._model_id(name)
             shown = self.class_names[model_id] if model_id == class_id else name.strip()
-            entry = ClassEntry(class_id, shown, "novel", color or color_for(class_id))
+            live = {e.color for e in self.entries if e.kind == "novel"}
+            entry = ClassEntry(class_id, shown, "novel", color or taught_color(live))
         entry = replace(entry, shots=entry.shots + tuple(new))
         entries = tuple(sorted([e for e in self.entries if e.id != class_id] + [entry], key=lambda e: e.id))
         used = self.used_ids | ({class_id} if entry.kind == "novel" else set())

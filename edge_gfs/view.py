@@ -20,7 +20,7 @@ import zmq
 
 from .client import DEFAULT_FRAMES, DEFAULT_LABELS, FrameSubscriber, LabelSubscriber
 from .operator_common import open_window
-from .overlay import legend, overlay
+from .overlay import class_colors, legend, overlay
 from .yaml_flags import parse_with_config
 
 EXAMPLE = """examples:
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     poller.register(labels.sock, zmq.POLLIN)
     recent: OrderedDict[int, np.ndarray] = OrderedDict()
     names: dict[int, str] = {}
+    colors: dict[int, tuple[int, int, int]] = {}
     writer, shown = None, 0
     video = args.out is not None and args.out.suffix.lower() in (".mp4", ".avi")
     if args.out is not None and not video:
@@ -70,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             topic, m = msg
             if topic == "classes":
                 names = {c["id"]: c["name"] for c in m["classes"]}
+                colors = class_colors(m["classes"])
                 continue
             img = recent.get(m.seq)
             if img is None or img.shape[:2] != m.labels.shape:
                 continue  # its frame was not seen (yet): nothing to draw on
-            panel = np.concatenate([overlay(img, m.labels, args.alpha), legend(names, img.shape[0])], axis=1)
+            panel = np.concatenate([overlay(img, m.labels, args.alpha, colors), legend(names, img.shape[0], colors)],
+                                   axis=1)
             shown += 1
             if args.out is None:
                 cv2.imshow("edge-gfs view", panel)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
 from edge_gfs.evaluate import draw_supports  # noqa: E402
-from edge_gfs.overlay import legend, overlay  # noqa: E402
+from edge_gfs.overlay import class_colors, legend, overlay  # noqa: E402
 
 CAR = 8
 
@@ -50,8 +50,10 @@ def write_shots(out: Path, k: int) -> list[str]:
     return args
 
 
-def panel(frame: np.ndarray, labels: np.ndarray, names: dict[int, str], caption: str) -> np.ndarray:
-    out = np.concatenate([frame, overlay(frame, labels), legend(names, frame.shape[0])], axis=1)
+def panel(frame: np.ndarray, labels: np.ndarray, classes: list[dict], caption: str) -> np.ndarray:
+    """Frame | overlay | legend, in the node's class colours (a taught class gets a colour no base class has)."""
+    names, colors = {c["id"]: c["name"] for c in classes}, class_colors(classes)
+    out = np.concatenate([frame, overlay(frame, labels, 0.5, colors), legend(names, frame.shape[0], colors)], axis=1)
     cv2.putText(out, caption, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
     return out
 
@@ -92,7 +94,7 @@ def main() -> int:
         print("waiting for the node ...")
         TeachClient(teach_ep, timeout_s=120).wait_ready(180)
         shot_args = write_shots(args.out / "shots", args.shots)
-        names = {c["id"]: c["name"] for c in sub.next("classes", 30)["classes"]}  # also: our SUB is connected
+        classes = sub.next("classes", 30)["classes"]  # also: our SUB is connected
         pub.wait_for_subscriber(60)
         threading.Thread(target=publish, daemon=True).start()
         video = None
@@ -103,7 +105,7 @@ def main() -> int:
                 raise SystemExit("no label maps from the node: see its log above")
             topic, msg = got
             if topic == "classes":
-                names = {c["id"]: c["name"] for c in msg["classes"]}
+                classes = msg["classes"]
                 continue
             if topic != "labels" or msg.seq not in sent:
                 continue
@@ -114,7 +116,7 @@ def main() -> int:
             cars = int((msg.labels == CAR).sum())
             caption = (f"after teaching Car ({args.shots} shots): {cars} car px" if after
                        else f"before teaching: classes version {msg.classes_version}")
-            img = panel(frame, msg.labels, names, caption)
+            img = panel(frame, msg.labels, classes, caption)
             if video is None:
                 video = cv2.VideoWriter(str(args.out / "demo.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), args.fps,
                                         (img.shape[1], img.shape[0]))

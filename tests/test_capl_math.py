@@ -494,3 +494,22 @@ def test_upsampled_ce_of_an_all_ignore_batch_is_zero_not_nan():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_balanced_class_weights_by_hand():
+    share = torch.tensor([0.5, 0.3, 0.19, 0.01])
+    raw = 1.0 / torch.log(1.02 + share.double())
+    expect = raw / raw.median()
+    close(capl.balanced_class_weights(share * 1000), expect.float(), atol=1e-6)  # counts or shares alike
+    w = capl.balanced_class_weights(torch.tensor([0.6, 0.2, 0.1999, 0.0001]), cap=4.0)
+    assert w.max().item() == 4.0  # capped
+
+
+def test_weighted_upsampled_ce_is_the_weighted_mean():
+    logits = torch.randn(1, 2, 2, 2)
+    labels = torch.tensor([[[0, 1], [1, 255]]])
+    weight = torch.tensor([3.0, 1.0])
+    logp = torch.log_softmax(logits, dim=1)
+    picked = [(logp[0, 0, 0, 0], 3.0), (logp[0, 1, 0, 1], 1.0), (logp[0, 1, 1, 0], 1.0)]
+    expect = -sum(v * w for v, w in picked) / sum(w for _, w in picked)
+    close(capl.upsampled_ce(logits, labels, weight), expect, atol=1e-6)

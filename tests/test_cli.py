@@ -65,3 +65,21 @@ def test_node_package_never_imports_the_trainer():
             "assert not any(k == 'trainer' or k.startswith('trainer.') for k in sys.modules), 'trainer imported'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_evaluate_runs_a_profile_at_another_input_size(camvid_root, tmp_path):
+    """--input-size runs the same weights at another size (the accurate / fast profiles) and says so."""
+    out = tmp_path / "r.json"
+    r = run("evaluate", "--model", "camvid", "--split", "val", "--limit", "2", "--input-size", "96x128",
+            "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    import json
+    small = json.loads(out.read_text())
+    assert small["input_hw"] == [96, 128] and small["frames"] == 2
+    r = run("evaluate", "--model", "camvid", "--split", "val", "--limit", "2", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    own = json.loads(out.read_text())
+    assert own["input_hw"] == list(zoo.load("camvid")[0].cfg.input_hw)
+    assert own["per_class"] != small["per_class"]  # the size changed what the network saw
+    bad = run("evaluate", "--model", "camvid", "--input-size", "big")
+    assert bad.returncode == 2 and "352x480" in bad.stderr and "Traceback" not in bad.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import msgpack
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from edge_gfs import protocol as P
 from edge_gfs.config import CAMVID_CLASSES
 from edge_gfs.model import GSup
+from edge_gfs.overlay import CAMVID_RGB, class_colors, overlay
 from edge_gfs.registry import Shot, build_classifier
 from edge_gfs.state import (STATE_FILE, Registry, StateError, StateStore, atomic_write, export_pack, import_pack,
                             retarget)
@@ -49,6 +51,33 @@ def test_fresh_registry_lists_the_base_classes():
     assert [c["name"] for c in reg.classes()] == list(CAMVID_CLASSES[:8])
     assert all(c["kind"] == "base" and c["shots"] == 0 for c in reg.classes())
     assert reg.classes()[3] == {"id": 3, "name": "Road", "kind": "base", "color": [128, 64, 128], "shots": 0}
+
+
+def _lab(rgb) -> np.ndarray:
+    lab = cv2.cvtColor(np.array([[rgb]], np.uint8), cv2.COLOR_RGB2LAB).astype(np.float64)[0, 0]
+    return lab * np.array([100 / 255, 1, 1]) - np.array([0, 128, 128])
+
+
+def test_taught_classes_get_colours_no_base_class_is_near():
+    """The demo's complaint: a taught Car drawn in CamVid's Car purple is lost on Road's purple."""
+    reg = teach(teach(teach(fresh(), "Car"), "Pedestrian"), "cone")
+    taught = [e.color for e in reg.entries if e.kind == "novel"]
+    assert len(set(taught)) == 3  # and no two taught classes share one
+    for c in taught:
+        assert min(np.linalg.norm(_lab(c) - _lab(b)) for b in CAMVID_RGB) >= 50
+    # a freed colour goes to the next new class; the live ones keep theirs
+    reg2 = teach(reg.without("Pedestrian"), "buoy")
+    assert reg2.find("buoy").color == reg.find("Pedestrian").color
+    assert reg2.find("Car").color == reg.find("Car").color
+
+
+def test_overlays_draw_the_class_tables_colours():
+    reg = teach(fresh(), "Car")
+    colors = class_colors(reg.classes())
+    labels = np.full((2, 2), 8, np.uint8)
+    drawn = overlay(np.zeros((2, 2, 3), np.uint8), labels, 1.0, colors)
+    assert tuple(int(v) for v in drawn[0, 0][::-1]) == reg.find("Car").color != CAMVID_RGB[8]
+    assert tuple(int(v) for v in overlay(np.zeros((2, 2, 3), np.uint8), labels, 1.0)[0, 0][::-1]) == CAMVID_RGB[8]
 
 
 def test_model_class_names_take_their_own_id():

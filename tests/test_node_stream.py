@@ -206,3 +206,29 @@ def test_in_process_sources_replay_and_end(kind, data, tmp_path):
     if kind == "images":  # PNG frames: the map of seq k is the map of frame k
         gt = data.read("test", data.names("test")[maps[-1].seq])[1]
         assert (maps[-1].labels[gt != 255] == gt[gt != 255]).mean() > 0.6
+
+
+def test_input_size_profile_runs_the_same_model_at_another_size(data, tmp_path):
+    """`edge-gfs run --input-size HxW`: the network sees HxW (status says so), label maps keep the frame's size."""
+    require_model("camvid-fold0")
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for k, n in enumerate(data.names("test")[:2]):
+        cv2.imwrite(str(src / f"{k:02d}.png"), data.read("test", n)[0])
+    node = NodeProc(tmp_path, "camvid-fold0", extra=("--input-size", "96x128"),
+                    source=("--images", str(src), "--fps", "1"))
+    sub = LabelSubscriber(node.labels)
+    node.start()
+    try:
+        maps, statuses = [], []
+        while True:
+            got = sub.recv(0.5)
+            if got is not None:
+                (maps if got[0] == "labels" else statuses if got[0] == "status" else []).append(got[1])
+            elif not node.alive():
+                break
+    finally:
+        sub.close()
+        node.stop()
+    assert maps and all(m.labels.shape == (360, 480) for m in maps), node.log_text()
+    assert statuses and all(s["input_hw"] == [96, 128] for s in statuses)

@@ -76,7 +76,7 @@ def test_teach_car_over_the_wire(wire, support, test_frames):
     MEASURED["teach_k5_s"] = time.perf_counter() - t0
     assert reply["ok"] and reply["id"] == CAR and reply["shots"] == 5 and reply["version"] == 1
     listed = {c["name"]: c for c in wire.teach.list()["classes"]}
-    assert listed["Car"] == {"id": CAR, "name": "Car", "kind": "novel", "color": [64, 0, 128], "shots": 5}
+    assert listed["Car"] == {"id": CAR, "name": "Car", "kind": "novel", "color": [255, 230, 0], "shots": 5}
     maps = segment_all(wire, test_frames)
     assert all(m.classes_version == 1 for m in maps)
     MEASURED["maps"] = [m.labels.copy() for m in maps]

@@ -16,7 +16,7 @@ from edge_gfs.config import CAMVID_CLASSES
 from edge_gfs.operator import WINDOW, handle
 from edge_gfs.operator_common import open_window
 from edge_gfs.operator_session import BAR_H, OperatorSession
-from edge_gfs.overlay import legend, overlay
+from edge_gfs.overlay import class_colors, color_for, legend, overlay
 
 from node_harness import cli, require_camvid, running_node
 
@@ -169,14 +169,17 @@ def test_render_shows_the_overlay_the_mask_and_the_legend(data):
     s = OperatorSession()
     s.on_frame(img, 7)
     s.on_labels(7, lab)  # a real label map of this frame (the ground truth stands in for the node's)
-    s.on_classes({"version": 0, "classes": [{"id": i, "name": n, "kind": "base", "color": [0, 0, 0], "shots": 0}
-                                            for i, n in enumerate(CAMVID_CLASSES[:8])]})
+    classes = [{"id": i, "name": n, "kind": "base", "color": list(color_for(i)), "shots": 0}
+               for i, n in enumerate(CAMVID_CLASSES[:8])]
+    classes[3]["color"] = [255, 230, 0]  # the node's table decides the colours, not the default palette
+    s.on_classes({"version": 0, "classes": classes})
     out = s.render()
     names = dict(enumerate(CAMVID_CLASSES[:8]))
-    strip = legend(names, h)
+    colors = class_colors(classes)
+    strip = legend(names, h, colors)
     assert out.shape == (h + BAR_H, w + strip.shape[1], 3) and out.dtype == np.uint8
-    assert np.array_equal(out[:h, w:], strip)
-    assert np.array_equal(out[30:h, :w], overlay(img, lab, 0.5)[30:])  # below the LIVE tag
+    assert np.array_equal(out[:h, w:], strip) and not np.array_equal(strip, legend(names, h))
+    assert np.array_equal(out[30:h, :w], overlay(img, lab, 0.5, colors)[30:])  # below the LIVE tag
     s.on_frame(img, 8 + 40)  # a much newer frame without its label map: shown plain, not under stale labels
     assert np.array_equal(s.render()[30:h, :w], img[30:])
     s.on_key(SPACE)

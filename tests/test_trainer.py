@@ -7,14 +7,17 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from edge_gfs import capl
 from edge_gfs.datasets import camvid, train_lut
 from edge_gfs.model import CaplModel, load_checkpoint
-from trainer.augment import augment
-from trainer.train import AugmentedFrames, TrainLoss
+from trainer.augment import AugmentConfig, augment
+from trainer.train import (AugmentedFrames, TrainLoss, build_optimizer, build_parser, fill_optimizer_defaults,
+                           pixel_share, warmup_poly)
 
 TINY = ["--input-size", "64x96", "--dim", "32", "--batch-size", "4", "--train-limit", "8", "--val-limit", "2",
         "--threads", "1"]
@@ -108,3 +111,79 @@ def test_torchrun_ddp_two_processes(camvid_root, tmp_path):
     assert entry["ddp_params_in_sync"] is True
     assert (out / "train.rank1.log").is_file()
     load_checkpoint(out / "best.pt")
+
+
+def test_crop_smaller_than_the_input_keeps_the_input_scale(frames):
+    """A 32x48 crop of a frame seen at 64x96 shows objects at run-time size, not squeezed into the crop."""
+    img, lab = frames[0][0], train_lut(list(range(8)))[frames[1][0]]
+    flat = AugmentConfig(scale=(1.0, 1.0), rotate_deg=0.0, blur_p=0.0, flip_p=0.0)
+    c_img, c_lab = augment(img, lab, (64, 96), np.random.default_rng(3), flat, crop_hw=(32, 48))
+    assert c_img.shape == (32, 48, 3) and c_lab.shape == (32, 48)
+    whole = cv2.resize(img, (96, 64), interpolation=cv2.INTER_LINEAR)
+    _, _, (x, y), _ = cv2.minMaxLoc(cv2.matchTemplate(whole, c_img, cv2.TM_SQDIFF))
+    assert np.array_equal(whole[y:y + 32, x:x + 48], c_img)  # a window of the 64x96 frame, pixel for pixel
+
+
+def test_warmup_then_poly_schedule():
+    f = warmup_poly(total_iters=100, warmup_iters=10)
+    assert f(0) == pytest.approx(0.01) and f(5) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5 ** 0.9)
+    assert f(100) == 0.0 and f(120) == 0.0
+    assert all(f(i) >= f(i + 1) for i in range(10, 100))
+    assert warmup_poly(10, 0)(0) == pytest.approx(1.0)  # no warmup: poly from the first step
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizer_groups(tiny_cfg, name):
+    """Head x mult over the backbone; no weight decay on BatchNorm, biases or the prototypes; every
+    parameter exactly once."""
+    model = CaplModel(tiny_cfg, pretrained=False)
+    args = build_parser().parse_args(["--out", "x", "--optimizer", name])
+    fill_optimizer_defaults(args)
+    opt = build_optimizer(model, args)
+    assert isinstance(opt, torch.optim.AdamW if name == "adamw" else torch.optim.SGD)
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert group_of[id(model.prototypes)]["weight_decay"] == 0.0
+    assert group_of[id(model.prototypes)]["lr"] == pytest.approx(args.lr * args.head_lr_mult)
+    stem = model.extractor.backbone.conv_stem.weight
+    assert group_of[id(stem)]["lr"] == pytest.approx(args.lr) and group_of[id(stem)]["weight_decay"] == args.weight_decay
+    bn = model.extractor.backbone.bn1.weight
+    assert group_of[id(bn)]["weight_decay"] == 0.0
+
+
+def test_balanced_weights_come_from_the_train_labels(frames):
+    lut = train_lut(list(range(8)))
+    share = pixel_share(frames[1], lut, 8)
+    assert share.sum() == sum(int((lut[lab] < 8).sum()) for lab in frames[1])
+    w = capl.balanced_class_weights(share)
+    assert w[2] > 1.5 * w[3]  # Pole, thin and rare, outweighs Road
+
+
+def test_adamw_native_crop_run_and_resume(camvid_root, tmp_path):
+    """The recipe flags end to end: AdamW, warmup, class weights, a crop smaller than the input; the LR
+    schedule resumes where it stopped."""
+    out = tmp_path / "run"
+    flags = ["--optimizer", "adamw", "--warmup-epochs", "1", "--class-weights", "balanced", "--crop-size", "32x64"]
+    r = _train(out, "--epochs", "1", "--max-iters", "2", *flags)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (out / "train.log").read_text()
+    assert "optimizer=adamw" in log and "crop=(32, 64)" in log and "class_weights=[" in log
+    r = _train(out, "--epochs", "2", "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["schedule"]["last_epoch"] == 4
+    assert ckpt["args"]["optimizer"] == "adamw" and ckpt["args"]["crop_size"] == "32x64"
+
+
+def test_warm_start_needs_the_same_classes(camvid_root, tmp_path):
+    src = tmp_path / "src"
+    assert _train(src, "--epochs", "1", "--max-iters", "1").returncode == 0
+    r = _train(tmp_path / "warm", "--epochs", "1", "--max-iters", "1", "--init", str(src / "best.pt"),
+               "--input-size", "96x128")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "warm start from" in (tmp_path / "warm" / "train.log").read_text()
+    r = _train(tmp_path / "bad", "--epochs", "1", "--max-iters", "1", "--init", str(src / "best.pt"), "--dim", "64")
+    assert r.returncode != 0 and "--init" in r.stderr and "dim" in r.stderr

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from edge_gfs.datasets import camvid
 from edge_gfs.evaluate import draw_supports, evaluate_split, teach_supports
-from edge_gfs.model import load_checkpoint, model_checksum
+from edge_gfs.config import parse_hw
+from edge_gfs.model import at_size, load_checkpoint, model_checksum, save_checkpoint
 from edge_gfs.predict import Segmenter
+from trainer.train import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,12 +42,37 @@ def per_class_table(cfg, results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def recipe_text(a: dict, input_hw) -> str:
+    """The recipe in words, from the run's own arguments (older runs lack the newer keys: SGD, no warmup)."""
+    opt = a.get("optimizer", "sgd")
+    lr = a.get("lr") or 0.01
+    mult = a.get("head_lr_mult") or 10.0
+    wd = a.get("weight_decay") if a.get("weight_decay") is not None else 1e-4
+    name = "AdamW" if opt == "adamw" else "SGD momentum 0.9"
+    crop = a.get("crop_size") or f"{input_hw[0]}x{input_hw[1]}"
+    warm = a.get("warmup_epochs") or 0
+    text = (f"{name}, lr {lr:g} backbone / {lr * mult:g} head, prototypes and G_sup, "
+            + (f"{warm:g} epoch(s) linear warmup then " if warm else "") + f"poly 0.9, weight decay {wd:g} "
+            f"(not on BatchNorm, biases or prototypes); {crop} crops of frames scaled {a.get('scale', '0.75-1.75')} "
+            f"around {input_hw[0]}x{input_hw[1]}, rotate ±10°, flip, blur")
+    if a.get("class_weights", "none") != "none":
+        text += "; class-balanced CE (ENet weights / median, capped at 10)"
+    if a.get("init"):
+        text += f"; warm start from {a['init']}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.release", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="a training run directory (best.pt, history.json, train.log)")
     p.add_argument("--name", required=True, help="bundled model name, e.g. camvid-fold0")
     p.add_argument("--command", default=None, help="the training command to print in the card")
+    p.add_argument("--novel-bias", type=float, default=None,
+                   help="registration margin to ship (capl.calibrate_novel), as chosen on val by bench/val_tuning.py; "
+                        "default: keep the run's")
+    p.add_argument("--profile", default="352x480",
+                   help="a second input size to report: the same weights as an accurate (or a faster) profile")
     args = p.parse_args(argv)
 
     src = args.run / "best.pt"
@@ -53,26 +80,40 @@ def main(argv: list[str] | None = None) -> int:
     history = json.loads((args.run / "history.json").read_text())
     cfg = model.cfg
     dst = REPO / "models" / f"{args.name}.pt"
-    dst.parent.mkdir(exist_ok=True)
-    shutil.copyfile(src, dst)
+    # half precision on disk (the loader widens to fp32): half the repository size, and the card's numbers are
+    # measured on exactly these weights
+    if args.novel_bias is not None:
+        model.cfg.novel_bias = args.novel_bias
+    save_checkpoint(dst, model, {k: v for k, v in payload.items() if k not in ("format", "config", "state_dict")},
+                    half=True)
     model, payload = load_checkpoint(dst)
 
     data = camvid()
     seg = Segmenter(model)
     t0 = time.time()
     results = {"val (base-only)": evaluate_split(seg, data, "val"), "test (base-only)": evaluate_split(seg, data, "test")}
+    profile = parse_hw(args.profile)
+    if tuple(profile) != tuple(cfg.input_hw):
+        small = Segmenter(at_size(model, profile))
+        results[f"test at {args.profile}"] = evaluate_split(small, data, "test")
     novel = [c for c in range(len(cfg.class_names)) if c not in cfg.base_classes]
     if novel:
         for mode in ("mask", "full"):
             seg = Segmenter(model)
             seg.set_shots(teach_supports(seg, data, draw_supports(data, novel, 5, 123), mode))
             results[f"test, K=5 {mode}"] = evaluate_split(seg, data, "test")
+        if tuple(profile) != tuple(cfg.input_hw):
+            small.set_shots(teach_supports(small, data, draw_supports(data, novel, 5, 123), "mask"))
+            results[f"test at {args.profile}, K=5 mask"] = evaluate_split(small, data, "test")
     eval_seconds = time.time() - t0
 
     train_args = payload.get("train_args", {})
+    defaults = vars(build_parser().parse_args(["--out", "x"]))
+    shown = ("method", "fold", "epochs", "threads")
     command = args.command or "edge-gfs train " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in train_args.items()
-        if k in ("method", "fold", "epochs", "threads") and v is not None) + f" --out {args.run}"
+        if v is not None and v is not False and k not in ("out", "resume", "lr", "head_lr_mult", "weight_decay")
+        and (k in shown or v != defaults.get(k))).replace(" True", "") + f" --out {args.run}"
     wall = sum(h["seconds"] for h in history)
     best_epoch = payload["metrics"]["epoch"]
     size_mb = dst.stat().st_size / 1e6
@@ -87,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(cfg.base_names)}." + (f" Held out for teaching: {', '.join(cfg.class_names[c] for c in novel)}."
                                            if novel else ""), "",
         "## Files", "",
-        f"- `models/{args.name}.pt`: {size_mb:.1f} MB, fp32, sha256 of weights `{model_checksum(model)[:16]}…`",
+        f"- `models/{args.name}.pt`: {size_mb:.1f} MB, fp16 on disk (run in fp32), sha256 of weights "
+        f"`{model_checksum(model)[:16]}…`",
         f"- training curves: [docs/img/{curve.name}](../docs/img/{curve.name})", "",
         "## Data and licence", "",
         "- CamVid, 11-class 360x480 release of the SegNet tutorial; train 367 / val 101 / test 233 frames.",
@@ -99,33 +141,36 @@ def main(argv: list[str] | None = None) -> int:
         "## Input size", "",
         f"The network sees **{cfg.input_hw[0]}x{cfg.input_hw[1]}** RGB; the node and `edge-gfs segment` resize each frame "
         "to it and upsample the logits back to the frame. All mIoU below is measured at the labels' full 360x480.",
-        "See the README section *Why 192x256* for the numbers behind the choice.", "",
+        f"The same weights also run at {args.profile} (`edge-gfs run --input-size {args.profile}`, after "
+        f"`edge-gfs compile --size {args.profile}`): see the column *test at {args.profile}* and the README's "
+        "profile table.", "",
         "## Training", "",
         f"```\n{command}\n```", "",
-        f"- {len(history)} epochs, {history[-1]['iters']} iterations of batch 8, SGD momentum 0.9, lr 0.01 backbone / "
-        "0.1 head, prototypes and G_sup, poly 0.9, weight decay 1e-4; augmentation: scale 0.75-1.75, rotate ±10°, "
-        "crop, flip, blur.",
-        f"- Wall time {wall / 60:.0f} min on the 2-core CPU machine; both bundled models trained at once, one core each ({wall / len(history):.0f} s "
-        f"per epoch, including val); best val at epoch {best_epoch}.", "",
+        f"- {len(history)} epochs, {history[-1]['iters']} iterations of batch {train_args.get('batch_size', 8)}, "
+        f"{recipe_text(train_args, cfg.input_hw)}.",
+        f"- Wall time {wall / 60:.0f} min on the 2-core CPU machine ({wall / len(history):.0f} s per epoch, "
+        f"including val); best val at epoch {best_epoch}.", "",
         "## Metrics (IoU %, whole split accumulated)", "",
         *per_class_table(cfg, results), "",
     ]
     if novel:
         lines += ["K=5 rows: the held-out classes taught from 5 train frames each (seed 123; `mask` = only the class's "
                   "mask, base context from the model's own confident prediction; `full` = the frame's label map), "
-                  "without retraining. Mean ± std over 5 seeds and both folds: `bench/results/gfs_camvid.md`.",
-                  f"Taught classes are calibrated with a cosine margin of {cfg.novel_bias:g} (`novel_bias`, chosen on val by "
-                  "`python bench/val_tuning.py`: without it the new prototypes take Building's pixels and base mIoU "
-                  "falls below 95% of base-only).", ""]
+                  "without retraining. Mean ± std over 5 seeds: `bench/results/gfs_camvid.md`.",
+                  f"Registration margin `novel_bias` = {model.cfg.novel_bias:g} (a cosine margin off the taught rows, "
+                  "`capl.calibrate_novel`), chosen on val by `python bench/val_tuning.py --folds 0` "
+                  "(bench/results/val/recipe2/tuning.md): with this recipe's features the uncalibrated rows keep 99% of "
+                  "base mIoU, and the previous recipe's 0.15 halves novel IoU.", ""]
     test = results["test (base-only)"]["per_class"]
     weak = [n for n in cfg.base_names if (test.get(n) or 0) < 15]
     if weak:
         lines += ["## Limitations", "",
                   f"- {', '.join(weak)} score under 15 IoU on test. These are thin or small classes (about 1% of "
-                  f"train pixels each). A pole's median width is 2 px in the 360x480 train labels, so about 1 px at "
-                  f"{cfg.input_hw[0]}x{cfg.input_hw[1]} and a seventh of a cell of the stride-8 feature map; the "
-                  "nearest-downsampled training labels rarely keep it. A larger input or stride-4 features are the "
-                  "levers; the GFS benchmark issue measures them.",
+                  f"train pixels each). A pole's median width is 2 px in the 360x480 train labels, so about "
+                  f"{2 * cfg.input_hw[0] / 360:.1f} px at {cfg.input_hw[0]}x{cfg.input_hw[1]} and a quarter of a cell "
+                  "of the stride-8 feature map; the nearest-downsampled training labels rarely keep it. Class-balanced "
+                  "CE (`--class-weights balanced`) and stride-4 features are the levers "
+                  "(bench/results/val/recipe_study.md).",
                   "- Val and test differ by about 10 mIoU: the test split's sequences (Seq05VD, 0001TP) are harder, "
                   "and Fence in particular drops. Choices were made on val only.", ""]
     lines += [f"Reproduce: `edge-gfs evaluate --model {args.name} --split test`"
