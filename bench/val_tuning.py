@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "uncalibrated": ("CAPL as in the paper (novel_bias 0)", {"novel_bias": 0.0}),
     "bias_0.05": ("constant novel margin 0.05", {"novel_bias": 0.05}),
     "bias_0.10": ("constant novel margin 0.10", {"novel_bias": 0.10}),
-    "calibrated": ("constant novel margin 0.15 (the shipped default)", {"novel_bias": 0.15}),
+    "calibrated": ("constant novel margin 0.15 (recipe 1's choice)", {"novel_bias": 0.15}),
     "bias_0.20": ("constant novel margin 0.20", {"novel_bias": 0.20}),
     "adaptive_0.2": ("margin 0.2 x max cosine of the novel row to a base row", {"novel_bias": 0.0, "adaptive": 0.2}),
     "pseudo_0.5": ("uncalibrated, pseudo-label threshold 0.5", {"novel_bias": 0.0, "pseudo_threshold": 0.5}),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from edge_gfs.config import parse_hw
+
 from .artifact import PRECISIONS, TARGETS, ArtifactError, cache_path, sidecar_path
 
 EXAMPLE = """examples:
@@ -27,11 +29,9 @@ Cache: $EDGE_GFS_ARTIFACTS, default $XDG_CACHE_HOME/edge-gfs/artifacts. See docs
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not HxW (e.g. 192x256)") from None
-    if h < 32 or w < 32 or h % 8 or w % 8:
+    """config.parse_hw, plus the exported graph's rule: both sides multiples of 8."""
+    h, w = parse_hw(text)
+    if h % 8 or w % 8:
         raise argparse.ArgumentTypeError(f"size {text!r}: height and width must be >= 32 and multiples of 8")
     return h, w
 

@@ -21,7 +21,7 @@ from edge_gfs.evaluate import draw_supports, evaluate_split, teach_supports
 from edge_gfs.config import parse_hw
 from edge_gfs.model import at_size, load_checkpoint, model_checksum, save_checkpoint
 from edge_gfs.predict import Segmenter
-from trainer.train import build_parser
+from trainer.train import OPTIMIZER_DEFAULTS, build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,9 +45,8 @@ def per_class_table(cfg, results: dict[str, dict]) -> list[str]:
 def recipe_text(a: dict, input_hw) -> str:
     """The recipe in words, from the run's own arguments (older runs lack the newer keys: SGD, no warmup)."""
     opt = a.get("optimizer", "sgd")
-    lr = a.get("lr") or 0.01
-    mult = a.get("head_lr_mult") or 10.0
-    wd = a.get("weight_decay") if a.get("weight_decay") is not None else 1e-4
+    a = OPTIMIZER_DEFAULTS[opt] | {k: v for k, v in a.items() if v is not None}
+    lr, mult, wd = a["lr"], a["head_lr_mult"], a["weight_decay"]
     name = "AdamW" if opt == "adamw" else "SGD momentum 0.9"
     crop = a.get("crop_size") or f"{input_hw[0]}x{input_hw[1]}"
     warm = a.get("warmup_epochs") or 0
@@ -60,6 +59,20 @@ def recipe_text(a: dict, input_hw) -> str:
     if a.get("init"):
         text += f"; warm start from {a['init']}"
     return text
+
+
+def train_command(train_args: dict, run: Path) -> str:
+    """The `edge-gfs train` line that reproduces a run: its method and fold, and every flag off its default.
+    lr, head multiplier and weight decay are left out when they are the optimizer's own defaults."""
+    defaults = vars(build_parser().parse_args(["--out", "x"]))
+    filled = OPTIMIZER_DEFAULTS.get(train_args.get("optimizer", "sgd"), {})
+    flags = []
+    for k, v in train_args.items():
+        if k in ("out", "resume") or v is None or v is False or v == filled.get(k):
+            continue
+        if k in ("method", "fold", "epochs", "threads") or v != defaults.get(k):
+            flags.append(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}"))
+    return " ".join(["edge-gfs train", *flags, f"--out {run}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,27 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results = {"val (base-only)": evaluate_split(seg, data, "val"), "test (base-only)": evaluate_split(seg, data, "test")}
     profile = parse_hw(args.profile)
-    if tuple(profile) != tuple(cfg.input_hw):
-        small = Segmenter(at_size(model, profile))
-        results[f"test at {args.profile}"] = evaluate_split(small, data, "test")
+    profile_seg = Segmenter(at_size(model, profile)) if tuple(profile) != tuple(cfg.input_hw) else None
+    if profile_seg is not None:
+        results[f"test at {args.profile}"] = evaluate_split(profile_seg, data, "test")
     novel = [c for c in range(len(cfg.class_names)) if c not in cfg.base_classes]
     if novel:
         for mode in ("mask", "full"):
             seg = Segmenter(model)
             seg.set_shots(teach_supports(seg, data, draw_supports(data, novel, 5, 123), mode))
             results[f"test, K=5 {mode}"] = evaluate_split(seg, data, "test")
-        if tuple(profile) != tuple(cfg.input_hw):
-            small.set_shots(teach_supports(small, data, draw_supports(data, novel, 5, 123), "mask"))
-            results[f"test at {args.profile}, K=5 mask"] = evaluate_split(small, data, "test")
+        if profile_seg is not None:
+            profile_seg.set_shots(teach_supports(profile_seg, data, draw_supports(data, novel, 5, 123), "mask"))
+            results[f"test at {args.profile}, K=5 mask"] = evaluate_split(profile_seg, data, "test")
     eval_seconds = time.time() - t0
 
     train_args = payload.get("train_args", {})
-    defaults = vars(build_parser().parse_args(["--out", "x"]))
-    shown = ("method", "fold", "epochs", "threads")
-    command = args.command or "edge-gfs train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in train_args.items()
-        if v is not None and v is not False and k not in ("out", "resume", "lr", "head_lr_mult", "weight_decay")
-        and (k in shown or v != defaults.get(k))).replace(" True", "") + f" --out {args.run}"
+    command = args.command or train_command(train_args, args.run)
     wall = sum(h["seconds"] for h in history)
     best_epoch = payload["metrics"]["epoch"]
     size_mb = dst.stat().st_size / 1e6

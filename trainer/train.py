@@ -357,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # model, optimiser, schedule --------------------------------------------------------------------------------
     torch.manual_seed(args.seed)
-    model = CaplModel(cfg, pretrained=not args.no_pretrained and args.init is None)
-    if args.init is not None:
+    warm = args.init is not None and not args.resume  # a resumed run's weights come from last.pt
+    model = CaplModel(cfg, pretrained=not args.no_pretrained and not warm)
+    if warm:
         warm_start(model, args.init)
     # channels-last: depthwise convolutions on the CPU step 20-30% faster (measured at 288x384, batch 8)
     model.to(memory_format=torch.channels_last)
