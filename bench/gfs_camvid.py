@@ -28,11 +28,11 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_gfs.config import CAMVID_CLASSES, FOLDS  # noqa: E402
+from edge_gfs.config import CAMVID_CLASSES, FOLDS, parse_hw  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
 from edge_gfs.evaluate import class_pixel_counts, draw_supports, support_labels  # noqa: E402
 from edge_gfs.metrics import scored_confusion, summarize  # noqa: E402
-from edge_gfs.model import CaplModel, load_checkpoint, model_checksum, save_checkpoint  # noqa: E402
+from edge_gfs.model import CaplModel, at_size, load_checkpoint, model_checksum, save_checkpoint  # noqa: E402
 from edge_gfs.predict import InferenceOptions, Segmenter, to_input  # noqa: E402
 
 RECIPE_VERSION = 2  # bump when trainer code changes what a recipe produces
@@ -50,17 +50,23 @@ SEEDS, SHOTS, MODES = [123, 321, 456, 654, 999], [1, 5], ["mask", "full"]
 # bench/results/val/recipe2/tuning.md. It is set here, not read from the checkpoints, so one constant decides.
 NOVEL_BIAS = 0.0
 PREVIOUS_NOVEL_BIAS = 0.15  # the margin chosen for recipe 1, kept as an ablation
+# A taught class gets one row per shot (registry.per_shot_rows), chosen on val:
+# bench/results/val/recipe2/per_shot/tuning.md. "mean" (the paper's Eq. 1) is kept as the capl_mean_rows ablation.
+NOVEL_ROWS = "per_shot"
 
 SYSTEMS: dict[str, tuple[str, InferenceOptions | None]] = {
     "oracle": ("oracle", None),
-    "baseline": ("baseline", InferenceOptions(sce=False, dqce=False, novel_bias=0.0)),
-    "capl": ("capl", InferenceOptions(sce=True, dqce=True, novel_bias=NOVEL_BIAS)),
-    "capl_margin_0.15": ("capl", InferenceOptions(sce=True, dqce=True, novel_bias=PREVIOUS_NOVEL_BIAS)),
-    "baseline_calibrated": ("baseline", InferenceOptions(sce=False, dqce=False, novel_bias=PREVIOUS_NOVEL_BIAS)),
-    "sce_only": ("capl", InferenceOptions(sce=True, dqce=False, novel_bias=NOVEL_BIAS)),
-    "dqce_only": ("capl", InferenceOptions(sce=False, dqce=True, novel_bias=NOVEL_BIAS)),
-    "capl_on_baseline": ("baseline", InferenceOptions(sce=True, dqce=True, novel_bias=NOVEL_BIAS)),
-    "capl_paper_dqce": ("capl", InferenceOptions(sce=True, dqce=True, weighting="paper", novel_bias=NOVEL_BIAS)),
+    "baseline": ("baseline", InferenceOptions(sce=False, dqce=False, novel_bias=0.0, novel_rows="mean")),
+    "capl": ("capl", InferenceOptions(sce=True, dqce=True, novel_bias=NOVEL_BIAS, novel_rows=NOVEL_ROWS)),
+    "capl_mean_rows": ("capl", InferenceOptions(sce=True, dqce=True, novel_bias=NOVEL_BIAS, novel_rows="mean")),
+    "capl_margin_0.15": ("capl", InferenceOptions(sce=True, dqce=True, novel_bias=PREVIOUS_NOVEL_BIAS, novel_rows="mean")),
+    "baseline_calibrated": ("baseline", InferenceOptions(sce=False, dqce=False, novel_bias=PREVIOUS_NOVEL_BIAS,
+                                                         novel_rows="mean")),
+    "sce_only": ("capl", InferenceOptions(sce=True, dqce=False, novel_bias=NOVEL_BIAS, novel_rows=NOVEL_ROWS)),
+    "dqce_only": ("capl", InferenceOptions(sce=False, dqce=True, novel_bias=NOVEL_BIAS, novel_rows=NOVEL_ROWS)),
+    "capl_on_baseline": ("baseline", InferenceOptions(sce=True, dqce=True, novel_bias=NOVEL_BIAS, novel_rows=NOVEL_ROWS)),
+    "capl_paper_dqce": ("capl", InferenceOptions(sce=True, dqce=True, weighting="paper", novel_bias=NOVEL_BIAS,
+                                                 novel_rows=NOVEL_ROWS)),
 }
 
 
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", default="0,1")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help="comma-separated subset of: " + ", ".join(SYSTEMS) + " (only their models are trained)")
+    p.add_argument("--input-size", type=parse_hw, default=None,
+                   help="run every model at HxW, e.g. 352x480 (the accurate profile); results get the size in their name")
     p.add_argument("--split", default="test", choices=["val", "test"],
                    help="val for tuning decisions; test only for reporting")
     args = p.parse_args(argv)
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in sorted(kinds):
             name = "oracle" if kind == "oracle" else f"{kind}-f{f}"
             model, payload = load_checkpoint(paths[name])
+            if args.input_size:
+                model = at_size(model, args.input_size)
             loaded[kind] = (model, features(model, test_imgs))
             models_info[name] = {"file": str(paths[name].relative_to(REPO)) if paths[name].is_relative_to(REPO) else str(paths[name]),
                                  "sha256_weights": model_checksum(model), "recipe": needed[name],
@@ -215,21 +225,25 @@ def main(argv: list[str] | None = None) -> int:
                                 **summarize(cm, list(CAMVID_CLASSES), base, novel)})
 
     summary = aggregate(results)
+    size_tag = "x".join(map(str, args.input_size)) if args.input_size else ""
     wall = time.time() - t_start
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     report = {"benchmark": "GFS-CamVid", "quick": args.quick, "commit": commit,
               "command": "python bench/gfs_camvid.py" + (" --quick" if args.quick else "")
               + (" --split val" if args.split == "val" else "")
               + (f" --folds {args.folds}" if not args.quick and args.folds != "0,1" else "")
-              + (f" --systems {args.systems}" if args.systems != ",".join(SYSTEMS) else ""),
+              + (f" --systems {args.systems}" if args.systems != ",".join(SYSTEMS) else "")
+              + (f" --input-size {size_tag}" if args.input_size else ""),
+              "input_hw": list(args.input_size) if args.input_size else None,
               "split": args.split, "test_frames": len(test_names), "folds": folds, "shots": shots,
               "seeds": seeds, "modes": MODES,
               "models": models_info, "train_wall_seconds": train_wall, "wall_seconds": wall,
               "summary": summary, "runs": results}
-    (out / "gfs_camvid.json").write_text(json.dumps(report, indent=1))
-    (out / "gfs_camvid.md").write_text(markdown(report))
-    plot(report, out / "gfs_camvid_per_class.png")
-    print((out / "gfs_camvid.md").read_text())
+    stem = f"gfs_camvid_{size_tag}" if args.input_size else "gfs_camvid"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text(markdown(report))
+    plot(report, out / f"{stem}_per_class.png")
+    print((out / f"{stem}.md").read_text())
     print(f"wall time {wall / 60:.1f} min; results in {out}/")
     return 0
 

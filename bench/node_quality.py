@@ -3,6 +3,7 @@ off its labels socket, and score them exactly as `edge-gfs evaluate` does in-pro
 
     python bench/node_quality.py                       # camvid-fold0, K=5 mask-only shots, 5 seeds, all test frames
     python bench/node_quality.py --seeds 123 --limit 40 --threads 1
+    python bench/node_quality.py --input-size 352x480   # the accurate profile -> node_quality_352x480.json
 
 Why: the node must give what the benchmark reports for the same model and mode (issue 5). The in-process
 numbers are computed in the same run, so the two columns differ only by what the wire does (JPEG frames are
@@ -26,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_gfs import zoo  # noqa: E402
+from edge_gfs.config import parse_hw  # noqa: E402
+from edge_gfs.model import at_size  # noqa: E402
 from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint, segment_via  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
 from edge_gfs.evaluate import draw_supports, evaluate_split, teach_supports  # noqa: E402
@@ -68,13 +71,19 @@ def main() -> int:
     p.add_argument("--seeds", default="123,321,456,654,999", help="support draws (GFS-CamVid's five by default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test frames")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json", type=Path, default=REPO / "bench/results/node_quality.json")
+    p.add_argument("--input-size", type=parse_hw, default=None, help="run the node (and in-process) at HxW")
+    p.add_argument("--json", type=Path, default=None,
+                   help="default bench/results/node_quality.json, or node_quality_HxW.json with --input-size")
     args = p.parse_args()
+    size_tag = "x".join(map(str, args.input_size)) if args.input_size else ""
+    args.json = args.json or REPO / "bench/results" / (f"node_quality_{size_tag}.json" if size_tag else "node_quality.json")
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     data = camvid()
     model, _ = zoo.load(args.model)
+    if args.input_size:
+        model = at_size(model, args.input_size)
     cfg = model.cfg
     novel = [c for c in range(len(cfg.class_names)) if c not in cfg.base_classes]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -85,7 +94,8 @@ def main() -> int:
     eps = {k: free_endpoint() for k in ("frames", "labels", "teach")}
     node = subprocess.Popen([sys.executable, "-m", "edge_gfs.cli", "run", "--model", args.model, "--state",
                              str(Path("/tmp") / f"node_quality_{os.getpid()}"), *sum(([f"--{k}", v] for k, v in eps.items()), []),
-                             "--threads", str(args.threads), "--log-level", "warning"], cwd=REPO)
+                             "--threads", str(args.threads), "--log-level", "warning",
+                             *(["--input-size", size_tag] if size_tag else [])], cwd=REPO)
     runs = []
     try:
         teach = TeachClient(eps["teach"], timeout_s=120)
@@ -107,7 +117,7 @@ def main() -> int:
     def mean(where: str, key: str) -> float:
         return float(np.mean([r[where][key] for r in runs]))
 
-    report = {"model": args.model, "shots": args.shots, "seeds": seeds, "mode": "mask", "frames": len(names),
+    report = {"model": args.model, "input_hw": list(model.cfg.input_hw), "shots": args.shots, "seeds": seeds, "mode": "mask", "frames": len(names),
               "command": "python bench/node_quality.py " + " ".join(sys.argv[1:]),
               "base_only_base_miou": base_only["base_miou"],
               "in_process": {k: mean("in_process", k) for k in KEYS},

@@ -33,10 +33,13 @@ from edge_gfs.config import CAMVID_CLASSES, FOLDS  # noqa: E402
 from edge_gfs.datasets import camvid  # noqa: E402
 from edge_gfs.evaluate import class_pixel_counts, draw_supports  # noqa: E402
 from edge_gfs.metrics import summarize  # noqa: E402
-from edge_gfs.model import load_checkpoint  # noqa: E402
+from edge_gfs.config import parse_hw  # noqa: E402
+from edge_gfs.model import at_size, load_checkpoint  # noqa: E402
 from edge_gfs.predict import InferenceOptions, Segmenter, to_input  # noqa: E402
 
-# name -> (what it changes, options). "fit" fits the novel rows (and a bias each) on the support pixels by
+# name -> (what it changes, options). Variants use the paper's one mean row per class unless "rows" says
+# "per_shot" (the shipped default); "per_shot": True builds per-shot rows here, where a variant changes them
+# (k-means, multilevel, adaptive margins). "fit" fits the novel rows (and a bias each) on the support pixels by
 # 50 Adam steps with the base rows frozen (DIaM/BCM-style registration-time calibration).
 VARIANTS: dict[str, tuple[str, dict]] = {
     "boost_0.10": ("novel rows favoured by 0.10 (a negative margin)", {"novel_bias": -0.10}),
@@ -54,6 +57,25 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "multilevel_0.5": ("uncalibrated, novel rows on [decoder; 0.5 x encoder stage 4 + 5] features", {"novel_bias": 0.0, "multilevel": 0.5}),
     "multilevel_0.5_bias_0.05": ("as above, margin 0.05", {"novel_bias": 0.05, "multilevel": 0.5}),
     "multilevel_0.25_bias_0.1": ("[decoder; 0.25 x encoder], margin 0.1", {"novel_bias": 0.1, "multilevel": 0.25}),
+    "per_shot": ("uncalibrated, one novel row per shot, a class scores its best (novel_rows per_shot)",
+                 {"novel_bias": 0.0, "rows": "per_shot"}),
+    "per_shot_mean": ("uncalibrated, a row per shot plus the K-shot mean (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "with_mean": True}),
+    "per_shot_bias_0.05": ("one novel row per shot, margin 0.05", {"novel_bias": 0.05, "rows": "per_shot"}),
+    "per_shot_boost_0.05": ("one novel row per shot, favoured by 0.05", {"novel_bias": -0.05, "rows": "per_shot"}),
+    "kmeans_2": ("a row per 2-means cluster of each shot's masked features (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "kmeans": 2}),
+    "kmeans_3": ("a row per 3-means cluster of each shot's masked features (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "kmeans": 3}),
+    "kmeans_4": ("a row per 4-means cluster of each shot's masked features (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "kmeans": 4}),
+    "per_shot_adaptive_0.1": ("a row per shot, margin 0.1 x its max cosine to a base row (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "adaptive": 0.1}),
+    "per_shot_cover_0.5": ("a row per shot from cells >= 50% covered by the mask (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "cover": 0.5}),
+    "per_shot_cover_0.9": ("a row per shot from cells >= 90% covered by the mask (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "cover": 0.9}),
+    "per_shot_touch": ("a row per shot from every cell the mask touches (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "touch": True}),
+    "bgcos_q99_0.5": ("a row per shot, margin 0.5 x its 99th-percentile cosine to its own frame's background",
+                      {"novel_bias": 0.0, "per_shot": True, "raw_pool": True, "bg": (0.99, 0.5)}),
+    "bgcos_max_0.3": ("a row per shot, margin 0.3 x its max cosine to its own frame's background",
+                      {"novel_bias": 0.0, "per_shot": True, "raw_pool": True, "bg": (1.0, 0.3)}),
+    "bgcos_q95_1.0": ("a row per shot, margin 1.0 x relu(95th-pct background cosine - 0.5)",
+                      {"novel_bias": 0.0, "per_shot": True, "raw_pool": True, "bg": (0.95, 1.0, 0.5)}),
+    "per_shot_multilevel_0.5": ("one row per shot on [decoder; 0.5 x encoder] (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "multilevel": 0.5}),
 }
 
 
@@ -73,16 +95,45 @@ def multilevel_features(model, images: list[np.ndarray], batch: int = 16) -> tor
     return torch.cat(out)
 
 
-def multilevel_prototypes(seg: "Variant", supports: list[tuple[torch.Tensor, torch.Tensor]], lam: float) -> torch.Tensor:
-    """Novel prototypes on [unit decoder feature; lam x encoder features], pooled over all shots of a class."""
-    rows = []
-    for c in seg.classifier.novel_ids:
-        sums, count = 0.0, 0.0
-        for feats, class_map in supports:
-            s, n = capl.class_sums(seg.joint(feats, lam), class_map, [c])
-            sums, count = sums + s[0], count + n[0]
-        rows.append(capl.l2n(sums / count))
-    return torch.stack(rows)
+def kmeans_rows(x: torch.Tensor, k: int, iters: int = 10, min_size: int = 4) -> list[torch.Tensor]:
+    """Spherical k-means of (n,d) features with a deterministic farthest-point start; the unit means of the
+    clusters with >= min_size members."""
+    u = capl.l2n(x)
+    centres = [capl.l2n(u.mean(0))]
+    for _ in range(k - 1):
+        sim = (u @ torch.stack(centres).T).amax(1)
+        centres.append(u[int(sim.argmin())])
+    c = torch.stack(centres)
+    for _ in range(iters):
+        assign = (u @ c.T).argmax(1)
+        c = torch.stack([capl.l2n(x[assign == j].sum(0)) if bool((assign == j).any()) else c[j] for j in range(k)])
+    assign = (u @ c.T).argmax(1)
+    return [capl.l2n(x[assign == j].mean(0)) for j in range(k) if int((assign == j).sum()) >= min_size]
+
+
+def multilevel_prototypes(seg: "Variant", supports: list[tuple[torch.Tensor, torch.Tensor]], lam: float,
+                          per_shot: bool = False, with_mean: bool = False, kmeans: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Novel prototypes on [unit decoder feature; lam x encoder features]: one per class pooled over its shots,
+    or (`per_shot`) one per shot of it, plus the pooled one with `with_mean`. Returns rows (R,d') and the
+    novel-row index of each (R,)."""
+    rows, owner = [], []
+    for i, c in enumerate(seg.classifier.novel_ids):
+        stats = [capl.class_sums(seg.joint(feats, lam), class_map, [c]) for feats, class_map in supports]
+        stats = [(s[0], n[0]) for s, n in stats if n[0] > 0]
+        groups = [[st] for st in stats] if per_shot else []
+        if with_mean or not per_shot:
+            groups.append(stats)
+        for g in groups:
+            rows.append(capl.l2n(sum(s for s, _ in g) / sum(n for _, n in g)))
+            owner.append(i)
+        if kmeans:
+            for feats, class_map in supports:
+                x = seg.joint(feats, lam)[0].flatten(1).T[class_map.flatten() == c]
+                if len(x):
+                    found = kmeans_rows(x, kmeans)
+                    rows += found
+                    owner += [i] * len(found)
+    return torch.stack(rows), torch.tensor(owner)
 
 
 def fit_novel_rows(seg: Segmenter, supports: list[tuple[torch.Tensor, torch.Tensor]], steps: int = 50,
@@ -115,11 +166,16 @@ class Variant(Segmenter):
 
     offset: torch.Tensor | None = None
     protos: torch.Tensor | None = None  # multilevel novel prototypes
+    owner: torch.Tensor | None = None  # novel-row index of each of protos (several rows per class: max)
     lam: float = 0.0
+    row_offset: torch.Tensor | None = None  # per-prototype logit offsets (adaptive margin of per-shot rows)
+
+    raw_pool: bool = False  # per-shot rows pool raw decoder features (as the registry does), not unit ones
 
     def joint(self, feats: torch.Tensor, lam: float) -> torch.Tensor:
         d = self.cfg.dim
-        return torch.cat([capl.l2n(feats[:, :d], dim=1), lam * feats[:, d:]], 1)
+        dec = feats[:, :d] if self.raw_pool else capl.l2n(feats[:, :d], dim=1)
+        return torch.cat([dec, lam * feats[:, d:]], 1)
 
     @torch.no_grad()
     def logits(self, feats, classifier=None):
@@ -127,7 +183,11 @@ class Variant(Segmenter):
         out = super().logits(feats[:, :self.cfg.dim], classifier)
         n_base = len(self.cfg.base_classes)
         if classifier is None and self.protos is not None and out.shape[1] > n_base:
-            out[:, n_base:] = capl.cosine_logits(self.joint(feats, self.lam), self.protos, self.cfg.alpha)
+            per_row = capl.cosine_logits(self.joint(feats, self.lam), self.protos, self.cfg.alpha)
+            if self.row_offset is not None:
+                per_row += self.row_offset[None, :, None, None]
+            for i in range(out.shape[1] - n_base):
+                out[:, n_base + i] = per_row[:, self.owner == i].amax(1)
             capl.calibrate_novel(out, n_base, self.cfg.alpha, self.novel_bias)
         if self.offset is not None and out.shape[1] > n_base:
             out[:, n_base:] += self.offset[None, :, None, None]
@@ -140,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--folds", default="0,1")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "val")
+    p.add_argument("--input-size", type=parse_hw, default=None, help="run the models at HxW (default: their own)")
     args = p.parse_args(argv)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -156,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         novel = list(FOLDS[f])
         base = [c for c in range(n_cls) if c not in novel]
         model, _ = load_checkpoint(REPO / "bench" / "models" / f"capl-f{f}-{recipe_key(recipe('capl', f, False))}.pt")
+        if args.input_size:
+            model = at_size(model, args.input_size)
         feats = multilevel_features(model, [v[0] for v in val])
         train_feats: dict[str, torch.Tensor] = {}
         for name in tqdm(names, desc=f"fold {f}"):
             opts = VARIANTS[name][1]
             model.cfg.pseudo_threshold = opts.get("pseudo_threshold", 0.7)
             model.cfg.sce_pooling = opts.get("pool", "raw")
-            seg = Variant(model, InferenceOptions(novel_bias=opts["novel_bias"]))
+            seg = Variant(model, InferenceOptions(novel_bias=opts["novel_bias"], novel_rows=opts.get("rows", "mean")))
             base_only = summarize(evaluate(seg, feats, gts, base, n_cls), list(CAMVID_CLASSES), base, [])["base_miou"]
             runs, fit_s = [], []
             for seed in SEEDS:
@@ -174,16 +237,46 @@ def main(argv: list[str] | None = None) -> int:
                             train_feats[nm] = multilevel_features(model, [img])
                         dec = train_feats[nm][:, :model.cfg.dim]
                         shots.append(seg.shot_from_features(dec, lab == c, c, f"{nm}:{c}"))
-                        supports.append((train_feats[nm], seg.shot_class_map(dec, lab == c, c)))
+                        class_map = seg.shot_class_map(dec, lab == c, c)
+                        if opts.get("touch"):
+                            touched = F.adaptive_max_pool2d(torch.from_numpy(lab == c)[None, None].float(),
+                                                            dec.shape[-2:])[:, 0].bool()
+                            class_map = torch.where(touched, c, class_map)
+                        if opts.get("cover"):
+                            cover = F.interpolate(torch.from_numpy(lab == c)[None, None].float(), size=dec.shape[-2:],
+                                                  mode="area")[:, 0]
+                            inner = (class_map == c) & (cover >= opts["cover"])
+                            if bool(inner.any()):
+                                class_map = torch.where((class_map == c) & ~inner, capl.IGNORE, class_map)
+                        supports.append((train_feats[nm], class_map))
                 seg.offset, seg.protos = None, None
                 seg.set_shots(shots)
                 clf = seg.classifier
-                if opts.get("adaptive"):
+                if opts.get("adaptive") and not opts.get("per_shot"):
                     nearest = (capl.l2n(clf.novel_rows) @ clf.base_rows.T).amax(1)
                     seg.offset = -model.cfg.alpha * opts["adaptive"] * nearest
-                if opts.get("multilevel"):
-                    seg.lam = opts["multilevel"]
-                    seg.protos = multilevel_prototypes(seg, supports, seg.lam)
+                if opts.get("multilevel") or opts.get("per_shot"):
+                    seg.lam = opts.get("multilevel", 0.0)
+                    seg.raw_pool = opts.get("raw_pool", False)
+                    seg.protos, seg.owner = multilevel_prototypes(seg, supports, seg.lam, opts.get("per_shot", False),
+                                                                  opts.get("with_mean", False), opts.get("kmeans", 0))
+                    seg.row_offset = None
+                    if opts.get("bg"):
+                        q, w, *tau = opts["bg"]
+                        offs = [0.0] * len(seg.protos)
+                        # per-shot rows are built class by class in support order: pair each with its own frame
+                        pairs = [(x, m) for c in clf.novel_ids for x, m in supports if bool((m == c).any())]
+                        for r, (x, m) in enumerate(pairs):
+                            c = clf.novel_ids[int(seg.owner[r])]
+                            u = capl.l2n(x[:, :model.cfg.dim], dim=1)[0].flatten(1).T[(m.flatten() != c)]
+                            cos = u @ capl.l2n(seg.protos[r, :model.cfg.dim])
+                            b = float(torch.quantile(cos, q)) if q < 1 else float(cos.max())
+                            offs[r] = -model.cfg.alpha * w * max(0.0, b - (tau[0] if tau else 0.0))
+                        seg.row_offset = torch.tensor(offs)
+                    if opts.get("adaptive"):
+                        d = model.cfg.dim
+                        nearest = (seg.protos[:, :d] @ clf.base_rows.T).amax(1) / seg.protos[:, :d].norm(dim=1)
+                        seg.row_offset = -model.cfg.alpha * opts["adaptive"] * nearest
                 if opts.get("fit"):
                     t0 = time.perf_counter()
                     clf.novel_rows, seg.offset = fit_novel_rows(seg, [(x[:, :model.cfg.dim], m) for x, m in supports])
@@ -198,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                          for r in runs])) for c in base + novel}})
     model.cfg.pseudo_threshold, model.cfg.sce_pooling = 0.7, "raw"
     report = {"split": "val", "frames": len(val), "shots": args.shots, "mode": "mask", "seeds": SEEDS,
+              "input_hw": list(model.cfg.input_hw),
               "command": "python bench/val_tuning.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "wall_seconds": time.time() - t_start, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

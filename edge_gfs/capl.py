@@ -121,19 +121,41 @@ def assemble(base_rows: torch.Tensor, p_dyn: torch.Tensor, novel_rows: torch.Ten
 
 
 def classify(features: torch.Tensor, p_cls: torch.Tensor, base_rows: torch.Tensor, novel_rows: torch.Tensor,
-             alpha: float, weighting: str = "impl", dqce_on: bool = True, novel_bias: float = 0.0) -> torch.Tensor:
+             alpha: float, weighting: str = "impl", dqce_on: bool = True, novel_bias: float = 0.0,
+             novel_owner: torch.Tensor | None = None) -> torch.Tensor:
     """Inference logits (B, N_b+N_n, h, w): DQCE with the original P_cls, cached SCE rows, novel rows.
 
-    `novel_bias` is subtracted from every novel row's cosine (calibrated stacking): see calibrate_novel.
+    `novel_owner` (R,) gives the novel class (0..N_n-1) of each of R novel rows when a class has several
+    (one per shot, registry.build_classifier); a class then scores its best row (max_per_class). `novel_bias`
+    is subtracted from every novel class's cosine (calibrated stacking): see calibrate_novel.
     """
     b, _, h, w = features.shape
+    n_base = p_cls.shape[0]
     flat, unit = _flat_unit(features)  # normalised once for DQCE and the classifier (the per-frame hot path)
     if dqce_on:
         p_dyn = _dqce_flat(flat, unit, p_cls, alpha, weighting)
     else:
         p_dyn = torch.zeros(b, *p_cls.shape, dtype=features.dtype, device=features.device)
-    logits = (alpha * torch.matmul(l2n(assemble(base_rows, p_dyn, novel_rows)), unit)).reshape(b, -1, h, w)
-    return calibrate_novel(logits, p_cls.shape[0], alpha, novel_bias)
+    rows = l2n(assemble(base_rows, p_dyn, novel_rows))
+    logits = (alpha * torch.matmul(rows, unit)).reshape(b, -1, h, w)
+    if novel_owner is not None:
+        logits = max_per_class(logits, n_base, novel_owner)
+    return calibrate_novel(logits, n_base, alpha, novel_bias)
+
+
+def max_per_class(logits: torch.Tensor, n_base: int, owner: torch.Tensor) -> torch.Tensor:
+    """(B, N_b+R, h, w) -> (B, N_b+N_n, h, w): each novel class keeps the best of its R rows, at feature size.
+
+    Why the max at feature resolution and not after upsampling: the node upsamples and argmaxes every logit
+    plane at frame size (about 0.15 ms a plane at 360x480), so five rows per taught class would cost more
+    than the classifier itself; the max first keeps one plane per class.
+    """
+    n_novel = int(owner.max()) + 1 if owner.numel() else 0
+    if logits.shape[1] - n_base == n_novel:
+        return logits  # one row per class: nothing to reduce
+    novel = logits[:, n_base:]
+    best = [novel[:, owner == i].amax(dim=1) for i in range(n_novel)]
+    return torch.cat([logits[:, :n_base], torch.stack(best, dim=1)], dim=1)
 
 
 def calibrate_novel(logits: torch.Tensor, n_base: int, alpha: float, novel_bias: float) -> torch.Tensor:

@@ -43,6 +43,9 @@ class ModelConfig:
     # cosine margin taken off novel rows (capl.calibrate_novel), tuned on val by bench/val_tuning.py: 0.15 for the
     # previous 192x256 recipe, 0 (the paper's CAPL) for the current one (bench/results/val/recipe2/tuning.md)
     novel_bias: float = 0.0
+    # "per_shot": a taught class gets one prototype row per shot and scores its best (registry.per_shot_rows);
+    # "mean": the paper's single K-shot mean (Eq. 1). Chosen on val: bench/results/val/recipe2/per_shot/tuning.md
+    novel_rows: str = "per_shot"
 
     def __post_init__(self) -> None:
         self.input_hw = tuple(int(v) for v in self.input_hw)  # yaml/json give lists
@@ -52,6 +55,8 @@ class ModelConfig:
             raise ValueError(f"dqce_weighting must be 'impl' or 'paper', got {self.dqce_weighting!r}")
         if self.sce_pooling not in ("raw", "normalised"):
             raise ValueError(f"sce_pooling must be 'raw' or 'normalised', got {self.sce_pooling!r}")
+        if self.novel_rows not in ("per_shot", "mean"):
+            raise ValueError(f"novel_rows must be 'per_shot' or 'mean', got {self.novel_rows!r}")
         if any(h % 32 or w % 32 for h, w in [self.input_hw]):
             raise ValueError(f"input_hw must be multiples of 32 (the backbone's stride), got {self.input_hw}")
 

@@ -28,11 +28,12 @@ class InferenceOptions:
     dqce: bool = True
     weighting: str | None = None  # override the model's dqce_weighting ("impl" or "paper") at test time
     novel_bias: float | None = None  # override the model's novel_bias (0 = uncalibrated, as in the paper)
+    novel_rows: str | None = None  # override the model's novel_rows ("per_shot" or the paper's "mean")
 
     @classmethod
     def for_method(cls, method: str) -> "InferenceOptions":
         on = method == "capl"
-        return cls(sce=on, dqce=on, novel_bias=None if on else 0.0)
+        return cls(sce=on, dqce=on, novel_bias=None if on else 0.0, novel_rows=None if on else "mean")
 
 
 def to_input(frames_bgr: list[np.ndarray], input_hw: tuple[int, int]) -> torch.Tensor:
@@ -92,6 +93,7 @@ class Segmenter:
         self.options = options or InferenceOptions.for_method(model.cfg.method)
         self.weighting = self.options.weighting or model.cfg.dqce_weighting
         self.novel_bias = model.cfg.novel_bias if self.options.novel_bias is None else self.options.novel_bias
+        self.novel_rows = self.options.novel_rows or model.cfg.novel_rows
         self.shots: list[Shot] = []
         self.base_classifier = self.rebuild([])  # no shots: what mask-only shots take pseudo context from
         self.classifier = self.base_classifier
@@ -100,7 +102,8 @@ class Segmenter:
     def rebuild(self, shots: list[Shot]) -> Classifier:
         """Classifier for a set of shots; SCE off keeps the learned base rows (the baseline's Eq. 2)."""
         p_cls = self.model.prototypes.detach()
-        clf = build_classifier(p_cls, self.model.g_sup, self.cfg.base_classes, shots, self.cfg.sce_pooling)
+        clf = build_classifier(p_cls, self.model.g_sup, self.cfg.base_classes, shots, self.cfg.sce_pooling,
+                               self.novel_rows)
         if not self.options.sce:
             clf.base_rows = capl.l2n(p_cls)
         return clf
@@ -118,7 +121,8 @@ class Segmenter:
     def logits(self, feats: torch.Tensor, classifier: Classifier | None = None) -> torch.Tensor:
         clf = classifier or self.classifier
         return capl.classify(feats, self.model.prototypes, clf.base_rows, clf.novel_rows, self.cfg.alpha,
-                             self.weighting, dqce_on=self.options.dqce, novel_bias=self.novel_bias)
+                             self.weighting, dqce_on=self.options.dqce, novel_bias=self.novel_bias,
+                             novel_owner=clf.novel_owner)
 
     @torch.no_grad()
     def label_maps(self, logits: torch.Tensor, out_hw: tuple[int, int], classifier: Classifier | None = None) -> np.ndarray:

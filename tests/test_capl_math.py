@@ -292,6 +292,26 @@ def test_classify_novel_bias_lowers_only_novel_rows():
     assert out.argmax(1).eq(0).all()  # the margin flips these pixels from novel to base
 
 
+def test_max_per_class_keeps_each_class_best_row():
+    # 2 base rows, then novel rows owned by classes [0, 1, 0]: class 0 takes the max of rows 2 and 4
+    logits = torch.tensor([1.0, 2.0, 3.0, 9.0, 5.0]).view(1, 5, 1, 1).expand(2, 5, 2, 3).clone()
+    out = capl.max_per_class(logits, 2, torch.tensor([0, 1, 0]))
+    assert out.shape == (2, 4, 2, 3)
+    assert out[0, :, 0, 0].tolist() == [1.0, 2.0, 5.0, 9.0]
+    one_each = torch.randn(1, 4, 2, 2)
+    assert capl.max_per_class(one_each, 2, torch.tensor([0, 1])) is one_each
+
+
+def test_classify_per_shot_rows_then_margin():
+    # uniform [2,0] pixels; novel rows [1,0] (cos 1) and [0,1] (cos 0) of one class: it scores 10, minus the margin
+    feats = uniform_feats()
+    out = capl.classify(feats, torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]]),
+                        torch.tensor([[0.0, 1.0], [1.0, 0.0]]), alpha=10.0, novel_bias=0.25,
+                        novel_owner=torch.tensor([0, 0]))
+    assert out.shape == (1, 2, 1, 3)
+    close(out[0, 1], [[7.5, 7.5, 7.5]])
+
+
 def test_calibrate_novel_without_novel_rows_is_identity():
     logits = torch.randn(1, 3, 2, 2)
     assert torch.equal(capl.calibrate_novel(logits.clone(), 3, 10.0, 0.5), logits)

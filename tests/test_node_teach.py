@@ -110,12 +110,17 @@ def test_node_agrees_with_the_in_process_path(wire, support, test_frames):
     assert abs(iou(local, gts, CAR) - MEASURED["car_iou"]) < 0.5
 
 
-def test_preview_commits_nothing(wire, support, test_frames):
+def test_preview_commits_nothing(wire, data, support, test_frames):
     before = wire.teach.list()
-    img, mask = support[0]
-    labels = wire.teach.preview("Dog", [(img, mask)], test_frames[0][0])
-    assert labels.shape == test_frames[0][1].shape
-    assert (labels == 11).any()  # Dog would take id 11 and show where Car-like pixels are
+    # a car frame that Car was not taught from: Car has a row per shot, so one of its own shots would tie
+    taught = set(draw_supports(data, [CAR], 5, seed=123)[CAR])
+    other = next(n for n in draw_supports(data, [CAR], 10, seed=7)[CAR] if n not in taught)
+    img, lab = data.read("train", other)
+    frame = cv2.imencode(".png", img)[1].tobytes()
+    labels = wire.teach.preview("Dog", [(img, lab == CAR)], frame)
+    assert labels.shape == lab.shape
+    # Dog would take id 11; on its own shot's frame its row is that car's own prototype, so it wins car pixels
+    assert ((labels == 11) & (lab == CAR)).sum() > 100
     assert wire.teach.list() == before
 
 

@@ -17,7 +17,8 @@ from edge_gfs import capl
 from edge_gfs.config import ModelConfig, data_root
 from edge_gfs.model import CaplModel, GSup
 from edge_gfs.predict import Segmenter, to_input
-from edge_gfs.registry import Shot, build_classifier, pooled, shot_from_features, shot_id_of
+from edge_gfs.registry import (MAX_ROWS_PER_CLASS, Shot, build_classifier, pooled, shot_from_features, shot_groups,
+                               shot_id_of)
 
 DIM = 8
 BASE_IDS = [0, 1, 2, 3]
@@ -56,8 +57,8 @@ def shot_sets(draw, targets=(0, 1, 2, 3, 8, 9, 10), min_size=1, max_size=6, pref
     return [random_shot(rng, i, t, BASE_IDS) for i, t in zip(ids, tgts)]
 
 
-def classifier_bits(shots, pooling="raw", p_cls=P_CLS):
-    return build_classifier(p_cls, GATE, BASE_IDS, shots, pooling)
+def classifier_bits(shots, pooling="raw", p_cls=P_CLS, novel_rows="per_shot"):
+    return build_classifier(p_cls, GATE, BASE_IDS, shots, pooling, novel_rows)
 
 
 p_cls_st = st.integers(0, 2**31 - 1).map(
@@ -70,6 +71,9 @@ def assert_same_bits(a, b):
     assert a.base_rows.dtype == b.base_rows.dtype and a.novel_rows.dtype == b.novel_rows.dtype
     assert torch.equal(a.base_rows, b.base_rows)
     assert torch.equal(a.novel_rows, b.novel_rows)
+    assert (a.novel_owner is None) == (b.novel_owner is None)
+    if a.novel_owner is not None:
+        assert torch.equal(a.novel_owner, b.novel_owner)
 
 
 # ---------------------------------------------------------------------------------------------------- Shot
@@ -127,13 +131,37 @@ def test_pooled_and_classifier_hand_values():
     sums, counts = pooled(shots, [9, 1])
     np.testing.assert_array_equal(sums[0, :2], [2.0, 4.0])
     np.testing.assert_array_equal(counts, [4.0, 0.0])
-    clf = classifier_bits(shots)
+    clf = classifier_bits(shots, novel_rows="mean")
     assert clf.row_ids == BASE_IDS + [9]
     expected = torch.zeros(DIM)
     expected[:2] = torch.tensor([0.5, 1.0]) / np.sqrt(1.25)
     torch.testing.assert_close(clf.novel_rows[0], expected)
+    assert clf.novel_owner is None
     # no base class is visible in these shots: base rows are exactly l2n(P_cls)
     assert torch.equal(clf.base_rows, capl.l2n(P_CLS))
+    # per shot: one unit row per shot in shot_id order ("a" = [1,0], "b" = [0,1]), both owned by class 9
+    per_shot = classifier_bits(shots)
+    assert per_shot.row_ids == BASE_IDS + [9] and per_shot.novel_ids == [9]
+    torch.testing.assert_close(per_shot.novel_rows[:, :2], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert per_shot.novel_owner.tolist() == [0, 0]
+    assert torch.equal(per_shot.base_rows, clf.base_rows)
+
+
+def test_per_shot_rows_are_capped_round_robin():
+    # 10 shots of class 9 with one-hot sums e_k: 8 rows; rows 0 and 1 pool shots (0, 8) and (1, 9)
+    shots = []
+    for k in range(10):
+        v = np.zeros((1, DIM))
+        v[0, k % DIM] = 1.0
+        shots.append(Shot(f"s{k:02d}", 9, (9,), v, v, np.array([1], dtype=np.int64)))
+    clf = classifier_bits(shots[::-1])
+    assert clf.novel_rows.shape == (MAX_ROWS_PER_CLASS, DIM) and clf.novel_owner.tolist() == [0] * MAX_ROWS_PER_CLASS
+    row0 = torch.zeros(DIM)
+    row0[0] = row0[8 % DIM] = 1.0
+    torch.testing.assert_close(clf.novel_rows[0], capl.l2n(row0))
+    assert [len(g) for g in shot_groups(shots, 9)] == [2, 2, 1, 1, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="novel_rows"):
+        classifier_bits(shots, novel_rows="median")
 
 
 def test_empty_registry():
@@ -178,12 +206,16 @@ def test_row_ids_are_base_then_sorted_novel(shots, p_cls):
     assert clf.row_ids == BASE_IDS + novel
     assert clf.novel_ids == novel
     assert clf.base_rows.shape == (len(BASE_IDS), DIM)
-    assert clf.novel_rows.shape == (len(novel), DIM)
+    # one row per shot that shows a novel class (at most MAX_ROWS_PER_CLASS), owners in class order
+    n_rows = [min(MAX_ROWS_PER_CLASS, sum(c in s.class_ids for s in shots)) for c in novel]
+    assert clf.novel_rows.shape == (sum(n_rows), DIM)
+    if novel:
+        assert clf.novel_owner.tolist() == [i for i, n in enumerate(n_rows) for _ in range(n)]
     assert torch.isfinite(clf.base_rows).all() and torch.isfinite(clf.novel_rows).all()
     # every row is unit length (SCE normalises, novel prototypes are normalised)
     torch.testing.assert_close(clf.base_rows.norm(dim=1), torch.ones(len(BASE_IDS)))
     if novel:
-        torch.testing.assert_close(clf.novel_rows.norm(dim=1), torch.ones(len(novel)))
+        torch.testing.assert_close(clf.novel_rows.norm(dim=1), torch.ones(sum(n_rows)))
     # base classes that no shot shows keep exactly l2n(P_cls)
     seen = {c for s in shots for c in s.class_ids}
     for r, c in enumerate(BASE_IDS):
