@@ -35,8 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from calib import export_extractor  # noqa: E402
-from calib.cpu import OnnxRuntimeExtractor, OpenVinoExtractor, cpu_name, export_onnx, runtime_versions, version  # noqa: E402
-from edge_gfs import zoo  # noqa: E402
+from calib.cpu import export_onnx  # noqa: E402
+from edge_gfs.backends.onnxruntime import (OnnxRuntimeExtractor, OpenVinoExtractor, cpu_name,  # noqa: E402
+                                          runtime_versions, version)
+from edge_gfs.core import zoo  # noqa: E402
 
 
 _A, _B = torch.randn(1024, 1024), torch.randn(1024, 1024)

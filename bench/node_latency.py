@@ -31,12 +31,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from edge_gfs import zoo  # noqa: E402
-from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
-from edge_gfs.datasets import camvid  # noqa: E402
-from edge_gfs.config import parse_hw  # noqa: E402
-from edge_gfs.evaluate import draw_supports  # noqa: E402
-from edge_gfs.model import at_size  # noqa: E402
+from edge_gfs.core import zoo  # noqa: E402
+from edge_gfs.wire.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
+from edge_gfs.data.datasets import camvid  # noqa: E402
+from edge_gfs.core.config import parse_hw  # noqa: E402
+from edge_gfs.data.evaluation import draw_supports  # noqa: E402
+from edge_gfs.core.model import at_size  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -225,8 +225,8 @@ def main() -> int:
     model, _ = zoo.load(args.model)
     if args.input_size:
         model = at_size(model, args.input_size)
-    from calib.artifact import ArtifactError
-    from calib.backend import select
+    from edge_gfs.backends.artifact import ArtifactError
+    from edge_gfs.backends.select import select
     for backend in args.backends.split(","):
         try:
             select(model, args.model, backend)

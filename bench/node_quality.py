@@ -26,14 +26,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_gfs import zoo  # noqa: E402
-from edge_gfs.config import parse_hw  # noqa: E402
-from edge_gfs.model import at_size  # noqa: E402
-from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint, segment_via  # noqa: E402
-from edge_gfs.datasets import camvid  # noqa: E402
-from edge_gfs.evaluate import draw_supports, evaluate_split, teach_supports  # noqa: E402
-from edge_gfs.metrics import scored_confusion, summarize  # noqa: E402
-from edge_gfs.predict import Segmenter  # noqa: E402
+from edge_gfs.core import zoo  # noqa: E402
+from edge_gfs.core.config import parse_hw  # noqa: E402
+from edge_gfs.core.model import at_size  # noqa: E402
+from edge_gfs.wire.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint, segment_via  # noqa: E402
+from edge_gfs.data.datasets import camvid  # noqa: E402
+from edge_gfs.data.evaluation import draw_supports, evaluate_split, teach_supports  # noqa: E402
+from edge_gfs.data.metrics import scored_confusion, summarize  # noqa: E402
+from edge_gfs.core.segmenter import Segmenter  # noqa: E402
 
 
 KEYS = ("base_miou", "novel_miou", "total_miou")

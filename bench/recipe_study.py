@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_gfs.datasets import camvid  # noqa: E402
-from edge_gfs.evaluate import draw_supports, evaluate_split, teach_supports  # noqa: E402
-from edge_gfs.model import at_size, load_checkpoint  # noqa: E402
-from edge_gfs.predict import InferenceOptions, Segmenter  # noqa: E402
+from edge_gfs.data.datasets import camvid  # noqa: E402
+from edge_gfs.data.evaluation import draw_supports, evaluate_split, teach_supports  # noqa: E402
+from edge_gfs.core.model import at_size, load_checkpoint  # noqa: E402
+from edge_gfs.core.segmenter import InferenceOptions, Segmenter  # noqa: E402
 
 NATIVE = ["--input-size", "352x480", "--crop-size", "288x384", "--scale", "0.5-2.0"]
 LOW = ["--input-size", "192x256", "--crop-size", "192x256", "--scale", "0.75-1.75"]

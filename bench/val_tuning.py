@@ -4,7 +4,7 @@
     python bench/val_tuning.py --shots 1 --variants calibrated,uncalibrated
 
 Runs on the 101 val frames with the benchmark's cached CAPL models (bench/models/), so it never looks at
-test. It is where `novel_bias` (edge_gfs/config.py) was chosen: the largest val total mIoU among the settings
+test. It is where `novel_bias` (edge_gfs/core/config.py) was chosen: the largest val total mIoU among the settings
 that keep base mIoU >= 95% of base-only in both folds. Writes bench/results/val/tuning.{json,md}.
 """
 
@@ -28,14 +28,14 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from gfs_camvid import SEEDS, evaluate, recipe, recipe_key  # noqa: E402
 
-from edge_gfs import capl  # noqa: E402
-from edge_gfs.config import CAMVID_CLASSES, FOLDS  # noqa: E402
-from edge_gfs.datasets import camvid  # noqa: E402
-from edge_gfs.evaluate import class_pixel_counts, draw_supports  # noqa: E402
-from edge_gfs.metrics import summarize  # noqa: E402
-from edge_gfs.config import parse_hw  # noqa: E402
-from edge_gfs.model import at_size, load_checkpoint  # noqa: E402
-from edge_gfs.predict import InferenceOptions, Segmenter, to_input  # noqa: E402
+from edge_gfs.core import capl  # noqa: E402
+from edge_gfs.core.config import CAMVID_CLASSES, FOLDS  # noqa: E402
+from edge_gfs.data.datasets import camvid  # noqa: E402
+from edge_gfs.data.evaluation import class_pixel_counts, draw_supports  # noqa: E402
+from edge_gfs.data.metrics import summarize  # noqa: E402
+from edge_gfs.core.config import parse_hw  # noqa: E402
+from edge_gfs.core.model import at_size, load_checkpoint  # noqa: E402
+from edge_gfs.core.segmenter import InferenceOptions, Segmenter, to_input  # noqa: E402
 
 # name -> (what it changes, options). Variants use the paper's one mean row per class unless "rows" says
 # "per_shot" (the shipped default); "per_shot": True builds per-shot rows here, where a variant changes them
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", default="0,1")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "val")
     p.add_argument("--input-size", type=parse_hw, default=None, help="run the models at HxW (default: their own)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a checkpoint to tune instead of the benchmark's cached model (one fold)")
     args = p.parse_args(argv)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.folds.split(","):
         novel = list(FOLDS[f])
         base = [c for c in range(n_cls) if c not in novel]
-        model, _ = load_checkpoint(REPO / "bench" / "models" / f"capl-f{f}-{recipe_key(recipe('capl', f, False))}.pt")
+        cached = REPO / "bench" / "models" / f"capl-f{f}-{recipe_key(recipe('capl', f, False))}.pt"
+        model, _ = load_checkpoint(args.model or cached)
         if args.input_size:
             model = at_size(model, args.input_size)
         feats = multilevel_features(model, [v[0] for v in val])

@@ -2,20 +2,21 @@
 
 This file: the exported program at a static input size, which is exactly what Torch-TensorRT's dynamo path
 consumes (and what the CPU target's ONNX file is made from). The rest, one module per job:
-  artifact.py     where artifacts live, the JSON sidecar, the checks before one is used
-  cpu.py          the CPU target: ONNX from the exported program, run by ONNX Runtime
+  cpu.py          the CPU target: ONNX from the exported program
   tensorrt.py     the TensorRT target (guarded imports: CI has no GPU)
   parity.py       compiled vs eager label maps on val frames
   build.py        export -> compile -> parity -> atomic install
-  backend.py      which extractor the node runs (--backend auto|eager|compiled|cpu|tensorrt, --engine)
   compile_cmd.py  `edge-gfs compile`
+
+What the node needs at run time (the artifact format and sidecar checks, the ONNX Runtime and TensorRT runners,
+the --backend choice) is in edge_gfs/backends/, so a robot never imports this build package.
 """
 
 from __future__ import annotations
 
 import torch
 
-from edge_gfs.model import CaplModel
+from edge_gfs.core.model import CaplModel
 
 
 def export_extractor(model: CaplModel, input_hw: tuple[int, int] | None = None) -> torch.export.ExportedProgram:
@@ -24,14 +25,3 @@ def export_extractor(model: CaplModel, input_hw: tuple[int, int] | None = None) 
     extractor = model.extractor.eval()
     example = (torch.zeros(1, 3, h, w),)
     return torch.export.export(extractor, example, strict=False)
-
-
-def tensorrt_available() -> tuple[bool, str]:
-    """Whether the TensorRT path can run here, and why not; the import is guarded on purpose (CI has no GPU)."""
-    if not torch.cuda.is_available():
-        return False, "no CUDA device"
-    try:
-        import torch_tensorrt  # noqa: F401
-    except ImportError:
-        return False, "torch_tensorrt is not installed (pip install 'edge-gfs[tensorrt]')"
-    return True, ""

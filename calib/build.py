@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
-from edge_gfs.datasets import open_dataset
-from edge_gfs.model import CaplModel, at_size, model_checksum
-from edge_gfs.predict import to_input
+from edge_gfs.backends.artifact import (PRECISIONS, TARGETS, ArtifactError, Sidecar, cache_path, compile_command,
+                                        file_sha256, now_iso, read_sidecar, write_sidecar)
+from edge_gfs.backends.select import load_runner
+from edge_gfs.core.files import install, temp_beside
+from edge_gfs.core.model import CaplModel, at_size, model_checksum
+from edge_gfs.core.segmenter import to_input
+from edge_gfs.data.datasets import open_dataset
 
-from .artifact import (PRECISIONS, TARGETS, ArtifactError, Sidecar, cache_path, compile_command, file_sha256,
-                       install, now_iso, read_sidecar, temp_beside, write_sidecar)
-from .backend import load_runner
 from .parity import ParityError, check_parity, describe, spread, val_frames
 
 log = logging.getLogger("calib.build")
@@ -45,15 +46,19 @@ def build_artifact(model: CaplModel, model_name: str, target: str, precision: st
     tmp = temp_beside(dest)
     try:
         if target == "cpu":
-            from .cpu import RUNTIME, cpu_name, export_onnx, runtime_versions
+            from edge_gfs.backends.onnxruntime import RUNTIME, cpu_name, runtime_versions
+
+            from .cpu import export_onnx
             export_onnx(model, input_hw, tmp)
             runtime, versions, device = RUNTIME, runtime_versions(), {"cpu": cpu_name()}
         else:
+            from edge_gfs.backends import tensorrt as trt_runtime
+
             from . import tensorrt as trt
             batches = calibration_batches(calib_data, input_hw) if precision == "int8" else []
             trt.build(model, input_hw, precision, tmp, batches)
-            env = trt.environment()
-            runtime = trt.RUNTIME
+            env = trt_runtime.environment()
+            runtime = trt_runtime.RUNTIME
             versions = {"torch": torch.__version__, **{k: str(env[k]) for k in ("tensorrt", "torch_tensorrt", "cuda")}}
             device = {"gpu": env["gpu"], "compute_capability": env["compute_capability"]}
         parity = None
@@ -77,7 +82,7 @@ def build_artifact(model: CaplModel, model_name: str, target: str, precision: st
 def recheck(model: CaplModel, model_name: str, artifact: Path, check_frames: int = 32,
             progress: bool = True) -> tuple[dict, Sidecar]:
     """`edge-gfs compile --check`: parity of an existing artifact again; the sidecar gets the new result."""
-    from .backend import open_artifact
+    from edge_gfs.backends.select import open_artifact
     side = read_sidecar(artifact)
     checksum = model_checksum(model)
     hw = tuple(side.input_hw)

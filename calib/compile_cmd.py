@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from edge_gfs.config import parse_hw
-
-from .artifact import PRECISIONS, TARGETS, ArtifactError, cache_path, sidecar_path
+from edge_gfs.backends.artifact import PRECISIONS, TARGETS, ArtifactError, cache_path, sidecar_path
+from edge_gfs.core.config import parse_hw
 
 EXAMPLE = """examples:
   edge-gfs compile --model camvid-fold0 --target cpu          # ONNX Runtime artifact in the cache; `run --backend auto` uses it
@@ -61,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="edge-gfs compile: %(message)s", stream=sys.stderr)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from edge_gfs import zoo
-    from edge_gfs.model import model_checksum
+    from edge_gfs.core import zoo
+    from edge_gfs.core.model import model_checksum
 
     from .build import build_artifact, recheck
     from .parity import ParityError, describe

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge_gfs.datasets import Dataset, camvid
-from edge_gfs.metrics import confusion, summarize
-from edge_gfs.model import CaplModel
-from edge_gfs.predict import Segmenter
+from edge_gfs.core.model import CaplModel
+from edge_gfs.core.segmenter import Segmenter
+from edge_gfs.data.datasets import Dataset, camvid
+from edge_gfs.data.metrics import confusion, summarize
 
 MIN_AGREEMENT = 99.5  # % of pixels with the same label, every precision
 MAX_MIOU_DELTA = {"fp32": 0.3, "fp16": 0.3, "int8": 1.0}  # mIoU points

@@ -1,7 +1,7 @@
 """The TensorRT target (CUDA / Jetson): Torch-TensorRT's dynamo path from the exported program.
 
 Everything here imports torch_tensorrt (and, for INT8, NVIDIA ModelOpt) lazily, because CI and CPU robots
-have neither; `calib.tensorrt_available()` says why the path cannot run, and callers turn that into a clear
+have neither; `edge_gfs.backends.tensorrt.available()` says why the path cannot run, and callers turn that into a clear
 message or a pytest skip. What this path consumes (the ExportedProgram at a static size, the sidecar, the
 version checks) is tested on CPU; the build itself needs a GPU.
 
@@ -16,42 +16,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 
-from edge_gfs.model import CaplModel
+from edge_gfs.backends.tensorrt import require
+from edge_gfs.core.model import CaplModel
 
-from . import export_extractor, tensorrt_available
+from . import export_extractor
 
 log = logging.getLogger("calib.tensorrt")
-
-RUNTIME = "torch_tensorrt"
-
-
-def require() -> None:
-    ok, why = tensorrt_available()
-    if not ok:
-        raise RuntimeError(f"the TensorRT target needs a CUDA GPU and torch_tensorrt: {why}. On a CPU machine "
-                           f"compile with --target cpu")
-
-
-def environment() -> dict[str, str | int | float | None]:
-    """The GPU and TensorRT versions an engine is tied to (the keys calib.artifact.env_problems compares)."""
-    env: dict[str, str | int | float | None] = {"tensorrt": None, "torch_tensorrt": None, "gpu": None,
-                                                "compute_capability": None, "cuda": torch.version.cuda}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-        major, minor = torch.cuda.get_device_capability(0)
-        env["compute_capability"] = f"{major}.{minor}"
-    for name in ("tensorrt", "torch_tensorrt"):
-        try:
-            env[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    return env
 
 
 def _precision_kwargs(precision: str) -> dict:
@@ -109,24 +84,3 @@ def build(model: CaplModel, input_hw: tuple[int, int], precision: str, path: Pat
     log.info("building a TensorRT %s engine at %dx%d on %s", precision, h, w, torch.cuda.get_device_name(0))
     trt_gm = torch_tensorrt.dynamo.compile(ep, inputs=[example], min_block_size=1, **_precision_kwargs(precision))
     torch_tensorrt.save(trt_gm, str(path), output_format="exported_program", inputs=[example])
-
-
-class TensorRTExtractor:
-    """(B,3,H,W) CPU float -> (B,d,H/8,W/8) CPU float through the engine; the rest of the frame stays on CPU."""
-
-    def __init__(self, path: Path) -> None:
-        require()
-        import torch_tensorrt  # noqa: F401  registers the engine op that the saved program calls
-        self.module = torch.export.load(str(path)).module()
-        self.lock = threading.Lock()  # one execution context: stream and teach threads take turns
-
-    def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
-        outs = []
-        with self.lock, torch.no_grad():
-            for i in range(rgb.shape[0]):
-                outs.append(self.module(rgb[i:i + 1].cuda(non_blocking=True)).float().cpu())
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
-def load(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    return TensorRTExtractor(Path(path))

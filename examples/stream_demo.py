@@ -5,7 +5,7 @@ it runs, and watch cars appear. Writes OUT/demo.mp4 and OUT/before.png / OUT/aft
 
 What happens: `edge-gfs run --model camvid-fold0` (Car, Pedestrian and Bicyclist were held out of its
 training) starts on free loopback ports; this script publishes test frames to it with
-edge_gfs.client.FramePublisher and reads the label maps back with LabelSubscriber; after a few frames it
+edge_gfs.wire.client.FramePublisher and reads the label maps back with LabelSubscriber; after a few frames it
 writes 5 train frames' Car masks to PNG files and runs `edge-gfs teach Car --image ... --mask ...`.
 Every label map says which classes version made it, so the video shows exactly when Car arrived.
 """
@@ -28,10 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
-from edge_gfs.datasets import camvid  # noqa: E402
-from edge_gfs.evaluate import draw_supports  # noqa: E402
-from edge_gfs.overlay import class_colors, legend, overlay  # noqa: E402
+from edge_gfs.wire.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
+from edge_gfs.data.datasets import camvid  # noqa: E402
+from edge_gfs.data.evaluation import draw_supports  # noqa: E402
+from edge_gfs.ui.overlay import class_colors, legend, overlay  # noqa: E402
 
 CAR = 8
 

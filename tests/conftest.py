@@ -8,7 +8,7 @@ import tempfile
 import pytest
 import torch
 
-from edge_gfs.config import ModelConfig, data_root
+from edge_gfs.core.config import ModelConfig, data_root
 
 torch.set_num_threads(2)
 

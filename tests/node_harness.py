@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_gfs import zoo
-from edge_gfs.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint
-from edge_gfs.datasets import camvid
+from edge_gfs.core import zoo
+from edge_gfs.data.datasets import camvid
+from edge_gfs.wire.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

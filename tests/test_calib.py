@@ -15,26 +15,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from node_harness import frames_with, require_camvid, require_model, running_node
 
-from calib import export_extractor, tensorrt_available
-from calib.artifact import (FORMAT, ArtifactError, Sidecar, artifacts_root, cache_path, env_problems, read_sidecar,
-                            sidecar_path, verify)
-from calib.backend import environment, select
+from calib import export_extractor
 from calib.build import build_artifact, recheck
 from calib.compile_cmd import main as compile_main
 from calib.parity import check_parity, val_frames
-from edge_gfs.client import segment_via
-from edge_gfs.model import model_checksum
-from edge_gfs.predict import Segmenter
-
-from node_harness import frames_with, require_camvid, require_model, running_node
+from edge_gfs.backends.artifact import (FORMAT, ArtifactError, Sidecar, artifacts_root, cache_path, env_problems,
+                                        read_sidecar, sidecar_path, verify)
+from edge_gfs.backends.select import environment, select
+from edge_gfs.backends.tensorrt import available as tensorrt_available
+from edge_gfs.core.model import model_checksum
+from edge_gfs.core.segmenter import Segmenter
+from edge_gfs.wire.client import segment_via
 
 MODEL = "camvid-fold0"
 
 
 @pytest.fixture(scope="module")
 def model():
-    from edge_gfs import zoo
+    from edge_gfs.core import zoo
     require_model(MODEL)
     return zoo.load(MODEL)[0]
 
@@ -103,7 +103,7 @@ def test_cpu_artifact_lands_in_the_cache_with_its_sidecar(model, built, cache):
 def test_cpu_artifact_passes_parity_and_gives_eager_features(model, built):
     path, side = built
     assert side.parity["pixel_agreement_pct"] >= 99.5 and side.parity["miou_delta"] <= 0.3
-    from calib.cpu import load_cpu
+    from edge_gfs.backends.onnxruntime import load_cpu
     runner = load_cpu(path, threads=1)
     x = torch.rand(2, 3, *model.cfg.input_hw) * 255  # batch 2 on a batch-1 graph: frame by frame
     with torch.no_grad():
@@ -225,7 +225,7 @@ def test_node_runs_the_cpu_artifact_and_teaches_through_it(built, data, tmp_path
         status = w.sub.next("status", 20)
         assert status["backend"] == "cpu", w.node.log_text()
         lm = segment_via(w.pub, w.sub, image=img)
-        from edge_gfs import zoo
+        from edge_gfs.core import zoo
         eager = Segmenter(zoo.load(MODEL)[0]).segment([img])[0]
         assert (lm.labels == eager).mean() >= 0.995
         shot = data.read("train", frames_with(data, "train", 8, 1)[0])

@@ -1,4 +1,4 @@
-"""Hand-computed checks of every function in edge_gfs/capl.py (see ../shared/spec/capl.md).
+"""Hand-computed checks of every function in edge_gfs/core/capl.py (see ../shared/spec/capl.md).
 
 Every expected number below is derived by hand in the comment next to it (2-d features on tiny maps), so a
 test fails when an equation changes, not only when the code disagrees with itself.
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edge_gfs import capl
-from edge_gfs.model import GSup
+from edge_gfs.core import capl
+from edge_gfs.core.model import GSup
 
 SQ2 = 1.0 / math.sqrt(2.0)  # cos(45 deg)
 

@@ -8,7 +8,7 @@ import sys
 import cv2
 import pytest
 
-from edge_gfs import zoo
+from edge_gfs.core import zoo
 
 
 def run(*args, **kw):

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_gfs.datasets import camvid, folder, open_dataset, train_lut
-from edge_gfs.metrics import confusion, iou_per_class, summarize
+from edge_gfs.data.datasets import camvid, folder, open_dataset, train_lut
+from edge_gfs.data.metrics import confusion, iou_per_class, summarize
 
 
 def test_camvid_splits_and_void_is_ignore(camvid_root):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from calib import export_extractor, tensorrt_available
-from edge_gfs.backbone import Lite0Backbone, map_lite0_keys, pretrained_lite0_path
-from edge_gfs.model import CaplModel, load_checkpoint, model_checksum, save_checkpoint
+from calib import export_extractor
+from edge_gfs.backends.tensorrt import available as tensorrt_available
+from edge_gfs.core.backbone import Lite0Backbone, map_lite0_keys, pretrained_lite0_path
+from edge_gfs.core.model import CaplModel, load_checkpoint, model_checksum, save_checkpoint
 
 
 def test_pretrained_keys_map_one_to_one_and_load():
@@ -86,7 +87,7 @@ def test_upsample_argmax_matches_torch_bilinear_argmax_and_softmax():
     import numpy as np
     import torch.nn.functional as F
 
-    from edge_gfs.predict import upsample_argmax
+    from edge_gfs.core.segmenter import upsample_argmax
 
     logits = torch.randn(13, 24, 32, generator=torch.Generator().manual_seed(0)) * 4
     up = F.interpolate(logits[None], size=(360, 480), mode="bilinear", align_corners=False)[0]

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from node_harness import NodeProc, cli, free_port, require_model
 
 from edge_gfs.cli import main as cli_main
-from edge_gfs.client import TeachClient, TeachTimeout
-
-from node_harness import NodeProc, cli, free_port, require_model
+from edge_gfs.wire.client import TeachClient, TeachTimeout
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import yaml
 import zmq
-
-from edge_gfs import protocol as P
-from edge_gfs.cli import main as cli_main
-from edge_gfs.client import TeachClient, TeachTimeout
-from edge_gfs.state import STATE_FILE, Registry, StateStore
-
 from node_harness import NodeProc, cli, endpoint, require_camvid, require_model
+
+from edge_gfs.cli import main as cli_main
+from edge_gfs.node.registry import STATE_FILE, Registry, StateStore
+from edge_gfs.wire import protocol as P
+from edge_gfs.wire.client import TeachClient, TeachTimeout
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +177,7 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 
 
 def test_view_without_a_gui_asks_for_out(capsys):
-    from edge_gfs.operator_common import open_window
+    from edge_gfs.commands.common import open_window
     if open_window("edge-gfs view"):
         pytest.skip("this OpenCV has a GUI: view would open a window")
     assert cli_main(["view"]) == 2

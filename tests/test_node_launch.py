@@ -10,11 +10,10 @@ import time
 
 import pytest
 import yaml
-
-from edge_gfs.client import LabelSubscriber, TeachClient, TeachTimeout
-from edge_gfs.launch import LaunchError, load
-
 from node_harness import REPO, endpoint, require_camvid, require_model
+
+from edge_gfs.commands.launch import LaunchError, load
+from edge_gfs.wire.client import LabelSubscriber, TeachClient, TeachTimeout
 
 
 def test_bad_launch_files(tmp_path):

@@ -1,4 +1,4 @@
-"""The wire contract's validators (edge_gfs/protocol.py): every malformed input maps to its error code, never
+"""The wire contract's validators (edge_gfs/wire/protocol.py): every malformed input maps to its error code, never
 to an exception of msgpack's or OpenCV's, and valid messages survive a round trip unchanged."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_gfs import protocol as P
+from edge_gfs.wire import protocol as P
 
 RNG = np.random.default_rng(5)
 IMG = RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)

@@ -4,13 +4,12 @@ and the node comes back with the same classes and bit-identical label maps."""
 from __future__ import annotations
 
 import numpy as np
-
-from edge_gfs import protocol as P
-from edge_gfs.client import segment_via, shot_bytes
-from edge_gfs.evaluate import draw_supports
-from edge_gfs.state import STATE_FILE, StateStore
-
 from node_harness import NodeProc, Wire, require_camvid, require_model
+
+from edge_gfs.data.evaluation import draw_supports
+from edge_gfs.node.registry import STATE_FILE, StateStore
+from edge_gfs.wire import protocol as P
+from edge_gfs.wire.client import segment_via, shot_bytes
 
 
 def start(workdir, state, name) -> tuple[NodeProc, Wire]:

@@ -1,4 +1,4 @@
-"""The node's class registry (edge_gfs/state.py): stable ids, limits, exact persistence, class packs."""
+"""The node's class registry (edge_gfs/node/registry.py): stable ids, limits, exact persistence, class packs."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from edge_gfs import protocol as P
-from edge_gfs.config import CAMVID_CLASSES
-from edge_gfs.model import GSup
-from edge_gfs.overlay import CAMVID_RGB, class_colors, overlay
-from edge_gfs.registry import Shot, build_classifier
-from edge_gfs.state import (STATE_FILE, Registry, StateError, StateStore, atomic_write, export_pack, import_pack,
-                            retarget)
+from edge_gfs.core.classifier import Shot, build_classifier
+from edge_gfs.core.config import CAMVID_CLASSES
+from edge_gfs.core.files import atomic_open, atomic_write, stale_temps
+from edge_gfs.core.model import GSup
+from edge_gfs.node.registry import STATE_FILE, Registry, StateError, StateStore, export_pack, import_pack, retarget
+from edge_gfs.ui.overlay import CAMVID_RGB, class_colors, overlay
+from edge_gfs.wire import protocol as P
 
 DIM = 8
 FOLD0_BASE = list(range(8))
@@ -184,6 +184,25 @@ def test_store_lock_and_corrupt_file(tmp_path):
     atomic_write(tmp_path / STATE_FILE, b"\x00garbage")
     with pytest.raises(StateError, match="unreadable"):
         StateStore(tmp_path).load()
+
+
+def test_atomic_write_leaves_the_old_file_on_error_and_a_lock_clears_stale_temps(tmp_path):
+    target = tmp_path / STATE_FILE
+    atomic_write(target, b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write(b"half of the new")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old" and stale_temps(tmp_path, STATE_FILE) == []
+    # a writer killed by SIGKILL cannot clean up: its temp file stays until the next node takes the lock
+    leftover = tmp_path / f".{STATE_FILE}.abc123.tmp"
+    legacy = tmp_path / f".{STATE_FILE}.tmp.4242"  # the name older versions used
+    leftover.write_bytes(b"x")
+    legacy.write_bytes(b"x")
+    store = StateStore(tmp_path)
+    store.lock()
+    assert not leftover.exists() and not legacy.exists() and target.read_bytes() == b"old"
+    store.unlock()
 
 
 def test_class_packs_move_classes_between_nodes():

@@ -15,11 +15,10 @@ import time
 import cv2
 import numpy as np
 import pytest
-
-from edge_gfs import protocol as P
-from edge_gfs.client import FramePublisher, LabelSubscriber, segment_via
-
 from node_harness import REPO, NodeProc, require_camvid, require_model, running_node
+
+from edge_gfs.wire import protocol as P
+from edge_gfs.wire.client import FramePublisher, LabelSubscriber, segment_via
 
 BASE = set(range(8))
 

@@ -14,13 +14,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from edge_gfs import zoo
-from edge_gfs.client import segment_via
-from edge_gfs.evaluate import draw_supports
-from edge_gfs.predict import Segmenter
-
 from node_harness import Wire, cli, frames_with, require_camvid, running_node
+
+from edge_gfs.data.evaluation import draw_supports
+from edge_gfs.core import zoo
+from edge_gfs.core.segmenter import Segmenter
+from edge_gfs.wire.client import segment_via
 
 CAR = 8
 # Measured 17.1 on these 8 car-rich test frames with the bundled camvid-fold0 and the shipped calibration

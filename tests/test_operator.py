@@ -10,15 +10,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
-from edge_gfs.client import segment_via
-from edge_gfs.config import CAMVID_CLASSES
-from edge_gfs.operator import WINDOW, handle
-from edge_gfs.operator_common import open_window
-from edge_gfs.operator_session import BAR_H, OperatorSession
-from edge_gfs.overlay import class_colors, color_for, legend, overlay
-
 from node_harness import cli, require_camvid, running_node
+
+from edge_gfs.commands.common import open_window
+from edge_gfs.commands.operator import WINDOW, handle
+from edge_gfs.core.config import CAMVID_CLASSES
+from edge_gfs.ui.operator_session import BAR_H, OperatorSession
+from edge_gfs.ui.overlay import class_colors, color_for, legend, overlay
+from edge_gfs.wire.client import segment_via
 
 CAR = 8
 assert CAMVID_CLASSES[CAR] == "Car"
@@ -101,7 +100,7 @@ def test_a_box_where_grabcut_finds_nothing_becomes_the_mask():
     assert "found no object" in s.message
     drag(s, (0, 0, 159, 119))
     type_name(s, "Wall")
-    assert s.on_key(ENTER) is None and "whole frame" in s.message  # the node would refuse it: say so here
+    assert s.on_key(ENTER) is None and "whole image" in s.message and "erase" in s.message  # the node would refuse it
 
 
 def test_brush_adds_erase_removes_clear_empties(data):

@@ -1,4 +1,4 @@
-"""Per-shot statistics (edge_gfs/registry.py) and Segmenter.make_shot.
+"""Per-shot statistics (edge_gfs/core/classifier.py) and Segmenter.make_shot.
 
 The classifier must be a pure function of (P_cls, G_sup, stored shots): same bits whatever the teach order,
 and forgetting a class gives back exactly the classifier from before it was taught.
@@ -13,12 +13,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_gfs import capl
-from edge_gfs.config import ModelConfig, data_root
-from edge_gfs.model import CaplModel, GSup
-from edge_gfs.predict import Segmenter, to_input
-from edge_gfs.registry import (MAX_ROWS_PER_CLASS, Shot, build_classifier, pooled, shot_from_features, shot_groups,
-                               shot_id_of)
+from edge_gfs.core import capl
+from edge_gfs.core.classifier import (MAX_ROWS_PER_CLASS, Shot, build_classifier, pooled, shot_from_features,
+                                      shot_groups, shot_id_of)
+from edge_gfs.core.config import ModelConfig, data_root
+from edge_gfs.core.labels import SUPPORT_MODES, support_mode
+from edge_gfs.core.model import CaplModel, GSup
+from edge_gfs.core.segmenter import Segmenter, to_input
+from edge_gfs.wire import protocol as P
 
 DIM = 8
 BASE_IDS = [0, 1, 2, 3]
@@ -44,7 +46,7 @@ def random_shot(rng: np.random.Generator, shot_id: str, target: int, base_ids: l
                 sums_raw=rng.standard_normal((k, DIM)) * scale,
                 sums_unit=rng.standard_normal((k, DIM)) * scale,
                 counts=rng.integers(1, 500, size=k).astype(np.int64),
-                mode=str(rng.choice(["mask", "labels"])))
+                mode=str(rng.choice(["mask", "full"])))
 
 
 @st.composite
@@ -80,11 +82,11 @@ def assert_same_bits(a, b):
 def test_shot_dict_round_trip_is_exact():
     rng = np.random.default_rng(0)
     shot = random_shot(rng, shot_id_of(b"img", b"mask"), 9, BASE_IDS)
-    shot = Shot(shot.shot_id, shot.target, shot.class_ids, shot.sums_raw, shot.sums_unit, shot.counts, "labels")
+    shot = Shot(shot.shot_id, shot.target, shot.class_ids, shot.sums_raw, shot.sums_unit, shot.counts, "full")
     d = shot.to_dict()
     assert isinstance(d["sums_raw"], bytes) and d["dim"] == DIM
     back = Shot.from_dict(d)
-    assert back.shot_id == shot.shot_id and back.target == 9 and back.mode == "labels"
+    assert back.shot_id == shot.shot_id and back.target == 9 and back.mode == "full"
     assert back.class_ids == shot.class_ids and isinstance(back.class_ids, tuple)
     for name in ("sums_raw", "sums_unit", "counts"):
         a, b = getattr(shot, name), getattr(back, name)
@@ -93,6 +95,17 @@ def test_shot_dict_round_trip_is_exact():
         assert a.tobytes() == b.tobytes()
         assert b.flags.writeable  # a copy, not a read-only view of the bytes
     assert back.to_dict() == d
+
+
+def test_shot_from_dict_reads_the_old_labels_mode_as_full():
+    d = random_shot(np.random.default_rng(2), "ab", 8, BASE_IDS).to_dict() | {"mode": "labels"}
+    assert Shot.from_dict(d).mode == "full"
+
+
+def test_support_mode_has_one_vocabulary():
+    assert SUPPORT_MODES == ("mask", "full")
+    assert support_mode(None) == "mask" and support_mode(np.zeros((2, 2), np.uint8)) == "full"
+    assert P.ShotBytes(b"i", b"m").mode == "mask" and P.ShotBytes(b"i", b"m", b"l").mode == "full"
 
 
 def test_shot_from_dict_defaults_to_mask_mode():
@@ -279,7 +292,7 @@ def test_make_shot_labels_mode_uses_labels(seg, frame):
     mask = np.zeros(lab.shape, np.uint8)
     mask[RECT] = 1
     shot = seg.make_shot(img, mask, target, labels=lab)
-    assert shot.mode == "labels" and shot.target == target
+    assert shot.mode == "full" and shot.target == target
     feats = _features(seg, img)
     size = tuple(feats.shape[-2:])
     forced = np.where(mask != 0, target, lab).astype(np.int64)

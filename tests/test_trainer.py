@@ -6,18 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from edge_gfs import capl
-from edge_gfs.datasets import camvid, train_lut
-from edge_gfs.model import CaplModel, load_checkpoint
+from edge_gfs.core import capl
+from edge_gfs.core.model import CaplModel, load_checkpoint
+from edge_gfs.core.segmenter import Segmenter
+from edge_gfs.data.datasets import camvid, train_lut
+from edge_gfs.data.metrics import confusion, summarize
 from trainer.augment import AugmentConfig, augment
-from trainer.train import (AugmentedFrames, TrainLoss, build_optimizer, build_parser, fill_optimizer_defaults,
-                           pixel_share, warmup_poly)
+from trainer.train import (AugmentedFrames, TrainLoss, build_optimizer, build_parser, evaluate,
+                           fill_optimizer_defaults, parse_args, pixel_share, warmup_poly)
 
 TINY = ["--input-size", "64x96", "--dim", "32", "--batch-size", "4", "--train-limit", "8", "--val-limit", "2",
         "--threads", "1"]
@@ -149,7 +152,8 @@ def test_optimizer_groups(tiny_cfg, name):
     assert group_of[id(model.prototypes)]["weight_decay"] == 0.0
     assert group_of[id(model.prototypes)]["lr"] == pytest.approx(args.lr * args.head_lr_mult)
     stem = model.extractor.backbone.conv_stem.weight
-    assert group_of[id(stem)]["lr"] == pytest.approx(args.lr) and group_of[id(stem)]["weight_decay"] == args.weight_decay
+    assert group_of[id(stem)]["lr"] == pytest.approx(args.lr)
+    assert group_of[id(stem)]["weight_decay"] == args.weight_decay
     bn = model.extractor.backbone.bn1.weight
     assert group_of[id(bn)]["weight_decay"] == 0.0
 
@@ -187,3 +191,46 @@ def test_warm_start_needs_the_same_classes(camvid_root, tmp_path):
     assert "warm start from" in (tmp_path / "warm" / "train.log").read_text()
     r = _train(tmp_path / "bad", "--epochs", "1", "--max-iters", "1", "--init", str(src / "best.pt"), "--dim", "64")
     assert r.returncode != 0 and "--init" in r.stderr and "dim" in r.stderr
+
+
+def test_resume_keeps_saved_flags_unless_given_again(tmp_path):
+    """--resume: a flag not on the command line comes from the interrupted run; one given again wins, even at its
+    default value, and argparse decides what was given (so --flag=value and abbreviations count)."""
+    old = build_parser().parse_args(["--out", "old", "--method", "baseline", "--dim", "64", "--epochs", "3",
+                                     "--val-every", "2", "--optimizer", "sgd", "--no-pretrained"])
+    fill_optimizer_defaults(old)
+    torch.save({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(old).items() if k != "out"}},
+               tmp_path / "last.pt")
+    args = parse_args(["--out", str(tmp_path), "--resume", "--epochs", "5", "--method", "capl", "--val-every=1",
+                       "--optim", "adamw"])
+    assert args.dim == 64 and args.no_pretrained is True and args.lr == 0.01  # not given: the saved run's
+    assert args.epochs == 5 and args.optimizer == "adamw"  # given again
+    assert args.method == "capl" and args.val_every == 1  # given again at their default values: still given
+    assert args.out == tmp_path and args.resume is True
+    assert parse_args(["--out", str(tmp_path)]).dim == 128  # without --resume the saved flags are not read
+    given = build_parser(defaults=False).parse_args(["--out", "x", "--seed", "0"])
+    assert vars(given) == {"out": Path("x"), "seed": 0}
+
+
+def test_evaluate_scores_only_base_pixels(tiny_cfg):
+    """evaluate's scored_confusion over the base classes gives the numbers of masking the novel classes by hand,
+    and a novel pixel predicted as a base class is not charged to that class (a real network, random weights)."""
+    torch.manual_seed(0)
+    model = CaplModel(tiny_cfg, pretrained=False).eval()
+    n = len(tiny_cfg.class_names)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    values = np.array([*range(n + 2), 255])  # classes, out-of-range ids, void
+    labels = [rng.choice(values, (48, 64)).astype(np.uint8) for _ in images]
+    preds = Segmenter(model).segment(images)
+    got = evaluate(model, images, labels, batch=2)
+    hidden = [c for c in range(n) if c not in tiny_cfg.base_classes]
+    cm = sum(confusion(p, np.where(np.isin(g, hidden), capl.IGNORE, g), n) for p, g in zip(preds, labels))
+    assert got == summarize(cm, tiny_cfg.class_names, tiny_cfg.base_classes, [])
+    assert got["base_miou"] is not None and got["novel_miou"] is None
+    # labels equal to the predictions, except a block relabelled novel (Car): still a perfect base score
+    perfect = [p.copy() for p in preds]
+    for lab in perfect:
+        lab[:16, :16] = 8
+    got = evaluate(model, images, perfect)
+    assert got["base_miou"] == 100.0 and got["per_class"][tiny_cfg.class_names[8]] is None

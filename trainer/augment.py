@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_gfs.config import IGNORE
+from edge_gfs.core.labels import IGNORE
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Publish a trained run as a bundled model: models/NAME.pt plus a model card (models/NAME.md).
 
     python -m trainer.release runs/camvid-fold0 --name camvid-fold0
+    python -m trainer.release --refresh camvid-fold0      # re-measure a shipped model after an inference change
 
 The card's numbers are computed here, from the file being shipped: val and test mIoU per class at the
 frame's full resolution (the node upsamples to it), and for a model with held-out classes, GFS numbers after
@@ -16,11 +17,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_gfs.datasets import camvid
-from edge_gfs.evaluate import draw_supports, evaluate_split, teach_supports
-from edge_gfs.config import parse_hw
-from edge_gfs.model import at_size, load_checkpoint, model_checksum, save_checkpoint
-from edge_gfs.predict import Segmenter
+from edge_gfs.data.evaluation import draw_supports, evaluate_split, teach_supports
+from edge_gfs.core.config import parse_hw
+from edge_gfs.core.model import at_size, load_checkpoint, model_checksum, save_checkpoint
+from edge_gfs.core.segmenter import Segmenter
+from edge_gfs.data.datasets import camvid
 from trainer.train import OPTIMIZER_DEFAULTS, build_parser
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,18 +76,101 @@ def train_command(train_args: dict, run: Path) -> str:
     return " ".join(["edge-gfs train", *flags, f"--out {run}"])
 
 
+def novel_ids(cfg) -> list[int]:
+    return [c for c in range(len(cfg.class_names)) if c not in cfg.base_classes]
+
+
+def measure(model, profile_text: str) -> dict[str, dict]:
+    """The card's columns: val and test base-only, test at the profile size, and after teaching the held-out
+    classes (K=5, seed 123, mask and full) at both sizes."""
+    data = camvid()
+    cfg = model.cfg
+    results = {"val (base-only)": evaluate_split(Segmenter(model), data, "val"),
+               "test (base-only)": evaluate_split(Segmenter(model), data, "test")}
+    profile = parse_hw(profile_text)
+    profile_seg = Segmenter(at_size(model, profile)) if tuple(profile) != tuple(cfg.input_hw) else None
+    if profile_seg is not None:
+        results[f"test at {profile_text}"] = evaluate_split(profile_seg, data, "test")
+    novel = novel_ids(cfg)
+    if novel:
+        for mode in ("mask", "full"):
+            seg = Segmenter(model)
+            seg.set_shots(teach_supports(seg, data, draw_supports(data, novel, 5, 123), mode))
+            results[f"test, K=5 {mode}"] = evaluate_split(seg, data, "test")
+        if profile_seg is not None:
+            profile_seg.set_shots(teach_supports(profile_seg, data, draw_supports(data, novel, 5, 123), "mask"))
+            results[f"test at {profile_text}, K=5 mask"] = evaluate_split(profile_seg, data, "test")
+    return results
+
+
+def metrics_section(cfg, results: dict[str, dict]) -> list[str]:
+    """From '## Metrics' up to the next section: the per-class table and, with held-out classes, how they were
+    taught."""
+    lines = ["## Metrics (IoU %, whole split accumulated)", "", *per_class_table(cfg, results), ""]
+    if novel_ids(cfg):
+        lines += ["K=5 rows: the held-out classes taught from 5 train frames each (seed 123; `mask` = only the class's "
+                  "mask, base context from the model's own confident prediction; `full` = the frame's label map), "
+                  "without retraining. Mean ± std over 5 seeds: `bench/results/gfs_camvid.md`.",
+                  f"Registration as shipped in this file's config: margin `novel_bias` = {cfg.novel_bias:g} (a cosine "
+                  "margin off the taught rows, `capl.calibrate_novel`) and `novel_rows` = "
+                  f"{cfg.novel_rows} (`mean`: the paper's one K-shot prototype per class; `per_shot`: one prototype "
+                  "per shot, a class scoring its best), both chosen on val with `python bench/val_tuning.py --folds 0` "
+                  "(bench/results/val/recipe2/tuning.md for the margin, recipe2/per_shot/tuning.md for the rows: "
+                  "novel 15.8 -> 19.1, base kept).", ""]
+    return lines
+
+
+def refresh(name: str, profile: str, novel_bias: float | None = None, novel_rows: str | None = None) -> int:
+    """Re-measure a shipped model and rewrite only its card's metrics section (and metrics.json): for a change
+    at inference time, such as registration, that leaves the weights and the training facts as they were.
+    `novel_bias` / `novel_rows` set the shipped registration in the file's config (the weights' checksum, which
+    registries and artifacts are tied to, does not change)."""
+    card, path = REPO / "models" / f"{name}.md", REPO / "models" / f"{name}.pt"
+    model, payload = load_checkpoint(path)
+    if novel_bias is not None or novel_rows is not None:
+        model.cfg.novel_bias = model.cfg.novel_bias if novel_bias is None else novel_bias
+        model.cfg.novel_rows = novel_rows or model.cfg.novel_rows
+        save_checkpoint(path, model, {k: v for k, v in payload.items() if k not in ("format", "config", "state_dict")},
+                        half=True)
+        model, _ = load_checkpoint(path)
+    t0 = time.time()
+    results = measure(model, profile)
+    text = card.read_text()
+    start, end = text.index("## Metrics"), text.index("\n## ", text.index("## Metrics") + 3) + 1
+    text = text[:start] + "\n".join(metrics_section(model.cfg, results)) + "\n" + text[end:]
+    flags = (f" --novel-bias {novel_bias:g}" if novel_bias is not None else "") + \
+        (f" --novel-rows {novel_rows}" if novel_rows else "")
+    text = text.rstrip() + (f"\nMetrics refreshed {datetime.now(timezone.utc):%Y-%m-%d} by `python -m trainer.release "
+                            f"--refresh {name}{flags}` ({time.time() - t0:.0f} s of evaluation) after an inference-time "
+                            "change; the weights are unchanged.\n")
+    card.write_text(text)
+    (REPO / "models" / f"{name}.metrics.json").write_text(json.dumps(results, indent=1))
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.release", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a training run directory (best.pt, history.json, train.log)")
-    p.add_argument("--name", required=True, help="bundled model name, e.g. camvid-fold0")
+    p.add_argument("run", type=Path, nargs="?", help="a training run directory (best.pt, history.json, train.log)")
+    p.add_argument("--name", help="bundled model name, e.g. camvid-fold0")
+    p.add_argument("--refresh", metavar="NAME",
+                   help="re-measure the shipped models/NAME.pt and rewrite only its card's metrics (after an "
+                        "inference-time change); no run directory needed")
     p.add_argument("--command", default=None, help="the training command to print in the card")
     p.add_argument("--novel-bias", type=float, default=None,
                    help="registration margin to ship (capl.calibrate_novel), as chosen on val by bench/val_tuning.py; "
                         "default: keep the run's")
+    p.add_argument("--novel-rows", choices=["mean", "per_shot"], default=None,
+                   help="taught rows to ship (ModelConfig.novel_rows), as chosen on val by bench/val_tuning.py; "
+                        "default: keep the run's")
     p.add_argument("--profile", default="352x480",
                    help="a second input size to report: the same weights as an accurate (or a faster) profile")
     args = p.parse_args(argv)
+    if args.refresh:
+        return refresh(args.refresh, args.profile, args.novel_bias, args.novel_rows)
+    if args.run is None or args.name is None:
+        p.error("give a run directory and --name (or --refresh NAME)")
 
     src = args.run / "best.pt"
     model, payload = load_checkpoint(src)
@@ -97,28 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     # measured on exactly these weights
     if args.novel_bias is not None:
         model.cfg.novel_bias = args.novel_bias
+    if args.novel_rows is not None:
+        model.cfg.novel_rows = args.novel_rows
     save_checkpoint(dst, model, {k: v for k, v in payload.items() if k not in ("format", "config", "state_dict")},
                     half=True)
     model, payload = load_checkpoint(dst)
 
-    data = camvid()
-    seg = Segmenter(model)
     t0 = time.time()
-    results = {"val (base-only)": evaluate_split(seg, data, "val"), "test (base-only)": evaluate_split(seg, data, "test")}
-    profile = parse_hw(args.profile)
-    profile_seg = Segmenter(at_size(model, profile)) if tuple(profile) != tuple(cfg.input_hw) else None
-    if profile_seg is not None:
-        results[f"test at {args.profile}"] = evaluate_split(profile_seg, data, "test")
-    novel = [c for c in range(len(cfg.class_names)) if c not in cfg.base_classes]
-    if novel:
-        for mode in ("mask", "full"):
-            seg = Segmenter(model)
-            seg.set_shots(teach_supports(seg, data, draw_supports(data, novel, 5, 123), mode))
-            results[f"test, K=5 {mode}"] = evaluate_split(seg, data, "test")
-        if profile_seg is not None:
-            profile_seg.set_shots(teach_supports(profile_seg, data, draw_supports(data, novel, 5, 123), "mask"))
-            results[f"test at {args.profile}, K=5 mask"] = evaluate_split(profile_seg, data, "test")
+    results = measure(model, args.profile)
     eval_seconds = time.time() - t0
+    novel = novel_ids(cfg)
 
     train_args = payload.get("train_args", {})
     command = args.command or train_command(train_args, args.run)
@@ -158,21 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{recipe_text(train_args, cfg.input_hw)}.",
         f"- Wall time {wall / 60:.0f} min on the 2-core CPU machine ({wall / len(history):.0f} s per epoch, "
         f"including val); best val at epoch {best_epoch}.", "",
-        "## Metrics (IoU %, whole split accumulated)", "",
-        *per_class_table(cfg, results), "",
+        *metrics_section(cfg, results),
     ]
-    if novel:
-        lines += ["K=5 rows: the held-out classes taught from 5 train frames each (seed 123; `mask` = only the class's "
-                  "mask, base context from the model's own confident prediction; `full` = the frame's label map), "
-                  "without retraining. Mean ± std over 5 seeds: `bench/results/gfs_camvid.md`.",
-                  f"Registration margin `novel_bias` = {model.cfg.novel_bias:g} (a cosine margin off the taught rows, "
-                  "`capl.calibrate_novel`), chosen on val by `python bench/val_tuning.py --folds 0` "
-                  "(bench/results/val/recipe2/tuning.md): with this recipe's features the uncalibrated rows keep 99% of "
-                  "base mIoU, and the previous recipe's 0.15 halves novel IoU.",
-                  f"Taught rows: `novel_rows` = {model.cfg.novel_rows} (`registry.per_shot_rows`: a taught class gets one "
-                  "prototype per shot and scores its best), chosen on val by `python bench/val_tuning.py --folds 0` "
-                  "(bench/results/val/recipe2/per_shot/tuning.md: novel 15.8 -> 19.1 over the paper's single mean "
-                  "prototype, base kept).", ""]
     test = results["test (base-only)"]["per_class"]
     weak = [n for n in cfg.base_names if (test.get(n) or 0) < 15]
     if weak:

@@ -1,0 +1,113 @@
+"""Which feature extractor the node runs: a TensorRT engine, the CPU artifact, or eager PyTorch.
+
+`auto` takes the fastest thing that is valid here (TensorRT on CUDA, else the CPU artifact, else eager) and
+says in one log line why; an explicit `cpu`, `tensorrt` or `--engine FILE` that cannot be honoured is an
+error instead, because a robot configured for an engine should not quietly run 4x slower.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from edge_gfs.backends.artifact import (ArtifactError, Sidecar, artifacts_root, cached, compile_command, read_sidecar,
+                                        verify)
+from edge_gfs.backends.tensorrt import available as tensorrt_available
+from edge_gfs.core.model import CaplModel, model_checksum
+
+log = logging.getLogger("edge_gfs.backends")
+
+CHOICES = ("auto", "eager", "compiled", "cpu", "tensorrt")  # compiled = the artifact for this machine, never eager
+
+Extractor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Backend:
+    name: str  # eager | cpu | tensorrt: the node's status `backend`
+    extractor: Extractor | None  # None = the model's own (eager) extractor
+    artifact: Path | None
+    note: str  # why this one, for the log
+
+
+def environment(target: str) -> dict[str, str | int | float | None]:
+    """What an artifact of `target` needs from this machine (compared by artifact.env_problems)."""
+    if target == "tensorrt":
+        from edge_gfs.backends.tensorrt import environment as trt_env
+        return trt_env()
+    try:
+        import onnxruntime
+        return {"onnxruntime": onnxruntime.__version__}
+    except ImportError:
+        return {"onnxruntime": None}
+
+
+def load_runner(target: str, path: Path) -> Extractor:
+    if target == "tensorrt":
+        from edge_gfs.backends.tensorrt import load
+        return load(path)
+    from edge_gfs.backends.onnxruntime import load_cpu
+    return load_cpu(path)
+
+
+def open_artifact(path: Path, model_name: str, checksum: str, input_hw: tuple[int, int]) -> tuple[Sidecar, Extractor]:
+    """Read the sidecar, refuse any mismatch (ArtifactError says what to run), then load the runner."""
+    side = read_sidecar(path)
+    if side.target == "tensorrt":
+        ok, why = tensorrt_available()
+        if not ok:
+            raise ArtifactError(f"{path} is a TensorRT engine but {why}: on this machine run "
+                                f"{compile_command(model_name, 'cpu', input_hw)} and --backend cpu")
+    verify(path, side, model_name, checksum, input_hw, environment(side.target))
+    return side, load_runner(side.target, path)
+
+
+def select(model: CaplModel, model_name: str, requested: str = "auto", engine: Path | None = None) -> Backend:
+    """The node's extractor for --backend REQUESTED [--engine FILE]; ArtifactError if an explicit one can't be had."""
+    if requested not in CHOICES:
+        raise ArtifactError(f"unknown backend {requested!r}: use one of {', '.join(CHOICES)}")
+    input_hw = tuple(model.cfg.input_hw)
+    if requested == "eager":
+        if engine is not None:
+            raise ArtifactError("--engine runs a compiled artifact: use --backend auto (or cpu / tensorrt) with it")
+        return Backend("eager", None, None, "eager PyTorch (--backend eager)")
+    checksum = model_checksum(model)
+    if engine is not None:
+        side, runner = open_artifact(Path(engine), model_name, checksum, input_hw)
+        if requested in ("cpu", "tensorrt") and side.target != requested:
+            raise ArtifactError(f"{engine} is a {side.target} artifact, not {requested}: use --backend "
+                                f"{side.target} or auto with it")
+        return Backend(side.target, runner, Path(engine), f"{side.target} artifact {engine} (--engine)")
+
+    targets = {"auto": ("tensorrt", "cpu"), "compiled": ("tensorrt", "cpu"), "cpu": ("cpu",),
+               "tensorrt": ("tensorrt",)}[requested]
+    notes: list[str] = []
+    for target in targets:
+        if target == "tensorrt":
+            ok, why = tensorrt_available()
+            if not ok:
+                if requested == "tensorrt":
+                    raise ArtifactError(f"--backend tensorrt needs CUDA and torch_tensorrt here, but {why}: on a CPU "
+                                        f"run {compile_command(model_name, 'cpu', input_hw)} and use --backend cpu (or auto)")
+                notes.append(f"no TensorRT ({why})")
+                continue
+        found = cached(checksum, target)
+        if not found:
+            notes.append(f"no {target} artifact in {artifacts_root() / checksum[:16]}")
+            continue
+        for path in found:  # newest first; one at another size (another camera profile) is skipped
+            try:
+                side, runner = open_artifact(path, model_name, checksum, input_hw)
+            except ArtifactError as e:
+                notes.append(str(e))
+                continue
+            return Backend(target, runner, path, f"{target} artifact {path} ({side.precision}, {side.runtime})")
+    if requested != "auto":
+        target = "tensorrt" if requested == "tensorrt" else "cpu"
+        raise ArtifactError(f"--backend {requested}: {'; '.join(notes)}; run {compile_command(model_name, target, input_hw)}")
+    return Backend("eager", None, None, f"eager PyTorch: {'; '.join(notes)} (run "
+                                        f"{compile_command(model_name, 'cpu', input_hw)} for the faster CPU path)")

@@ -1,0 +1,1 @@
+"""One module per `edge-gfs` subcommand: thin shells that parse flags and call the layers below."""

@@ -1,0 +1,1 @@
+"""Datasets and scoring (CamVid reader, confusion matrices, mIoU)."""

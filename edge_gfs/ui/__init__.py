@@ -1,0 +1,1 @@
+"""Drawing and the GUI-free operator session (label overlays, legends, colours)."""

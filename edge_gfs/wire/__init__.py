@@ -1,0 +1,1 @@
+"""What crosses the network: message types and codecs (no torch), and the client library."""
