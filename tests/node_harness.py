@@ -46,8 +46,8 @@ def require_camvid():
         pytest.skip(str(e))
 
 
-def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE"}
+def cli(*args: str, timeout: float = 120, drop_env: tuple[str, ...] = (), **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in drop_env} | {"OMP_WAIT_POLICY": "PASSIVE"}
     return subprocess.run([sys.executable, "-m", "edge_gfs.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO, **kw)
 

@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 the node refused (its error code is printed); 2 a local pr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -18,13 +19,29 @@ from edge_gfs.wire.client import DEFAULT_TEACH, TeachClient, TeachError, TeachTi
 EXIT_OK, EXIT_REFUSED, EXIT_LOCAL, EXIT_NO_REPLY = 0, 1, 2, 3
 
 
-def open_window(name: str) -> bool:
-    """Open an OpenCV window; False on opencv-python-headless, which raises on any window call."""
+def window_problem() -> str | None:
+    """Why no window can open here, checked before HighGUI is touched; None when one can.
+
+    Why before: with the GUI build of OpenCV and no display (over SSH, in CI), Qt aborts the whole process (exit
+    134) on the first window call, which no `except` can catch; an X or Wayland display must be named first.
+    """
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY is not set: over SSH, use ssh -X, or run under xvfb-run for tests)"
+    return None
+
+
+def open_window(name: str) -> str | None:
+    """Open a resizable OpenCV window; None when it opened, else why not (no display, or opencv-python-headless,
+    which raises on any window call). WINDOW_GUI_NORMAL: no Qt toolbar and no right-click context menu, so the
+    right button paints and erases as documented."""
+    problem = window_problem()
+    if problem:
+        return problem
     try:
-        cv2.namedWindow(name, cv2.WINDOW_AUTOSIZE)
-        return True
+        cv2.namedWindow(name, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
+        return None
     except cv2.error:
-        return False
+        return "this OpenCV has no GUI (opencv-python-headless is installed)"
 
 
 def add_endpoint_flags(p: argparse.ArgumentParser) -> None:

@@ -22,9 +22,8 @@ from edge_gfs.wire.client import (DEFAULT_FRAMES, DEFAULT_LABELS, FrameSubscribe
 
 WINDOW = "edge-gfs operator"
 PROG = "edge-gfs operator"
-NO_GUI = (f"{PROG}: this OpenCV has no GUI (opencv-python-headless is installed); on a desktop run "
-          f"`pip uninstall -y opencv-python-headless && pip install opencv-python`, or teach from the shell "
-          f"with `edge-gfs teach NAME --image A.jpg --mask A.png`")
+NO_GUI = ("on a desktop with a display, run `pip uninstall -y opencv-python-headless && pip install opencv-python` "
+          "if OpenCV has no GUI; or teach from the shell with `edge-gfs teach NAME --image A.jpg --mask A.png`")
 EXAMPLE = f"""examples:
   edge-gfs operator                                   # frames on :5555, node labels on :5556, teach on :5557
   edge-gfs operator --frames tcp://127.0.0.1:6555 --labels tcp://127.0.0.1:6556 --teach tcp://127.0.0.1:6557
@@ -143,7 +142,8 @@ def loop(args: argparse.Namespace, client: TeachClient) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args, _ = parse_with_config(build_parser(), argv)
-    if not open_window(WINDOW):
-        print(NO_GUI, file=sys.stderr)
+    problem = open_window(WINDOW)
+    if problem:
+        print(f"{PROG}: {problem}; {NO_GUI}", file=sys.stderr)
         return EXIT_LOCAL
     return run_client(PROG, args, lambda client: loop(args, client))

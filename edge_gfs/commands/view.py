@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="YAML map of any of these flags; flags win")
     args, _ = parse_with_config(p, argv)
-    if args.out is None and not open_window("edge-gfs view"):
-        print("edge-gfs view: this OpenCV has no GUI (opencv-python-headless): pass --out FILE.mp4 or --out DIR",
+    problem = None if args.out is not None else open_window("edge-gfs view")
+    if problem:
+        print(f"edge-gfs view: {problem}: pass --out FILE.mp4 or --out DIR to record the overlays instead",
               file=sys.stderr)
         return 2
     stop = threading.Event()

@@ -106,6 +106,7 @@ class OperatorSession:
         self.typing = False
         self._name_before = ""
         self.pending_forget = False
+        self.pending_quit = False
         self.drag_start: tuple[int, int] | None = None
         self.drag_now: tuple[int, int] | None = None
         self.last_paint: tuple[int, int] | None = None
@@ -244,6 +245,11 @@ class OperatorSession:
                 return Request("forget", self.name)
             self.message = "forget cancelled"
             return None  # the key only cancelled: pressing it again does what it says
+        if self.pending_quit:
+            self.pending_quit = False
+            self.quit = ch == "q" or key == KEY_ESC
+            self.message = "quit cancelled: the mask is kept" if not self.quit else self.message
+            return None
         if ch == " ":
             if self.frozen is None:
                 self.freeze()
@@ -280,10 +286,18 @@ class OperatorSession:
         elif ch == "h" or ch == "?":
             self.message = HELP
         elif ch == "q" or key == KEY_ESC:
-            self.quit = True
+            if self.unsent():
+                self.pending_quit = True
+                self.message = "the mask is not sent: press q (or Esc) again to quit without it; any other key stays"
+            else:
+                self.quit = True
         else:
             self.message = f"key {ch or key} does nothing; h shows the keys"
         return None
+
+    def unsent(self) -> bool:
+        """A frozen frame with a painted mask that was not sent: quitting would lose the operator's work."""
+        return self.frozen is not None and self.mask is not None and bool(self.mask.any())
 
     def _type(self, key: int) -> None:
         if key in (KEY_ENTER, KEY_ENTER_NUMPAD):

@@ -59,14 +59,19 @@ def overlay(frame_bgr: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
     return cv2.addWeighted(frame_bgr, 1.0 - alpha, colour, alpha, 0.0)
 
 
+LEGEND_COLUMN_W, LEGEND_ROW_H = 170, 20
+
+
 def legend(names: dict[int, str], height: int, colors: dict[int, RGB] | None = None) -> np.ndarray:
-    """A white strip listing class colours and names, to put beside an overlay."""
+    """A white strip listing class colours and names, to put beside an overlay; as many columns as the classes
+    need, so a node with many taught classes never drops one from its legend."""
     lut = palette_bgr(colors)
-    strip = np.full((height, 170, 3), 255, np.uint8)
+    per_column = max(1, (height - 8) // LEGEND_ROW_H)
+    columns = max(1, -(-len(names) // per_column))
+    strip = np.full((height, LEGEND_COLUMN_W * columns, 3), 255, np.uint8)
     for k, (cid, name) in enumerate(sorted(names.items())):
-        y = 8 + 20 * k
-        if y + 14 > height:
-            break
-        cv2.rectangle(strip, (8, y), (24, y + 14), tuple(int(v) for v in lut[cid]), -1)
-        cv2.putText(strip, f"{cid} {name}", (30, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        x, y = LEGEND_COLUMN_W * (k // per_column), 8 + LEGEND_ROW_H * (k % per_column)
+        cv2.rectangle(strip, (x + 8, y), (x + 24, y + 14), tuple(int(v) for v in lut[cid]), -1)
+        cv2.putText(strip, f"{cid} {name}"[:22], (x + 30, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                    cv2.LINE_AA)
     return strip
