@@ -1,6 +1,6 @@
 """`edge-gfs operator`: the teaching window. Live frames with the node's labels; freeze, box/brush, name, send.
 
-This is only the shell: sockets, the OpenCV window and its event loop. What the keys and the mouse do lives in
+This is only the shell: sockets, the window (edge_gfs/ui/tk_window.py, Tk) and its event loop. What the keys and the mouse do lives in
 edge_gfs/ui/operator_session.py (no GUI, tested headless); requests go through the same TeachClient as
 `edge-gfs teach`, so the node sees exactly what the command-line tools send. Keys: docs/operator.md.
 """
@@ -8,12 +8,10 @@ edge_gfs/ui/operator_session.py (no GUI, tested headless); requests go through t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
-import cv2
-import zmq
-
-from edge_gfs.commands.common import EXIT_LOCAL, EXIT_OK, add_endpoint_flags, format_classes, open_window, run_client
+from edge_gfs.commands.common import EXIT_LOCAL, EXIT_OK, add_endpoint_flags, format_classes, run_client, window_problem
 from edge_gfs.commands.flags import parse_with_config
 from edge_gfs.ui.operator_session import HELP, OperatorSession, Request
 from edge_gfs.wire import protocol as P
@@ -22,8 +20,7 @@ from edge_gfs.wire.client import (DEFAULT_FRAMES, DEFAULT_LABELS, FrameSubscribe
 
 WINDOW = "edge-gfs operator"
 PROG = "edge-gfs operator"
-NO_GUI = ("on a desktop with a display, run `pip uninstall -y opencv-python-headless && pip install opencv-python` "
-          "if OpenCV has no GUI; or teach from the shell with `edge-gfs teach NAME --image A.jpg --mask A.png`")
+NO_GUI = "or teach from the shell with `edge-gfs teach NAME --image A.jpg --mask A.png`"
 EXAMPLE = f"""examples:
   edge-gfs operator                                   # frames on :5555, node labels on :5556, teach on :5557
   edge-gfs operator --frames tcp://127.0.0.1:6555 --labels tcp://127.0.0.1:6556 --teach tcp://127.0.0.1:6557
@@ -94,55 +91,56 @@ def drain(session: OperatorSession, frames: FrameSubscriber, labels: LabelSubscr
             session.on_classes(m)
 
 
-def window_closed() -> bool:
-    try:
-        return cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1
-    except cv2.error:
-        return True
+def outcome_text(error: Exception) -> str:
+    if isinstance(error, TeachError):
+        return f"the node refused: {error.code}: {error.message}"
+    if isinstance(error, TeachTimeout):
+        return f"{error} (the window keeps running; the next request reconnects)"
+    return f"{type(error).__name__}: {str(error)[:200]}"
 
 
 def loop(args: argparse.Namespace, client: TeachClient) -> int:
+    from edge_gfs.ui.tk_window import OperatorWindow, RequestWorker  # tkinter only where a window opens
+
     session = OperatorSession(alpha=args.alpha, frames_hint=args.frames)
     frames = FrameSubscriber(args.frames)
     labels = LabelSubscriber(args.labels, topics=("labels", "classes"))
-    cv2.setMouseCallback(WINDOW, lambda event, x, y, flags, _: session.on_mouse(event, x, y, flags))
+    worker = RequestWorker(lambda req: perform(client, req))  # the only thread that touches the teach socket
+
+    def on_outcome(req: Request, ok: bool, result: object) -> None:
+        if not ok:
+            session.on_failure(req, outcome_text(result))
+            return
+        session.on_reply(req, result)
+        if req.op == "list":  # the status line shows names; the table goes to the terminal
+            print(format_classes(session.classes, session.classes_version), flush=True)
+
+    session.message = f"asking the node on {args.teach} for its classes ... (space freezes a frame, h: keys)"
     try:
-        model = client.ping(2.0).get("model")
-        handle(session, client, Request("list"))  # the legend before the first `classes` message comes
-        session.message = f"node ready (model {model}); space freezes a frame, h shows the keys"
-    except (TeachError, TeachTimeout):
-        session.message = f"no node answers on {args.teach} yet: start `edge-gfs run`; frames still show"
-    poller = zmq.Poller()
-    poller.register(frames.sock, zmq.POLLIN)
-    poller.register(labels.sock, zmq.POLLIN)
-    early: int = -1  # a key pressed while a request was being sent: it is handled next, not lost
+        window = OperatorWindow(session, WINDOW, lambda: drain(session, frames, labels), worker, on_outcome)
+    except Exception as e:  # tkinter.TclError: no display after all, or a display that refuses us
+        frames.close()
+        labels.close()
+        print(f"{PROG}: cannot open a window: {str(e)[:200]}; {NO_GUI}", file=sys.stderr)
+        return EXIT_LOCAL
+    worker.start()
+    worker.todo.put(Request("list"))  # the legend before the first `classes` message comes
     try:
-        cv2.imshow(WINDOW, session.render())
-        while not session.quit:
-            poller.poll(15)
-            drain(session, frames, labels)
-            cv2.imshow(WINDOW, session.render())
-            key, early = (early, -1) if early != -1 else (cv2.waitKey(15), -1)
-            req = session.on_key(key)
-            if req is not None:
-                cv2.imshow(WINDOW, session.render())  # show "sending ..." while the node works
-                early = cv2.waitKey(1)
-                if handle(session, client, req) and req.op == "list":  # the line shows names; the table goes here
-                    print(format_classes(session.classes, session.classes_version), flush=True)
-            if window_closed():
-                break
+        window.run()
     except KeyboardInterrupt:
         pass
     finally:
+        worker.todo.put(None)
         frames.close()
         labels.close()
-        cv2.destroyAllWindows()
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args, _ = parse_with_config(build_parser(), argv)
-    problem = open_window(WINDOW)
+    problem = window_problem()
+    if problem is None and importlib.util.find_spec("tkinter") is None:
+        problem = "this Python has no Tk (on Debian/Ubuntu: sudo apt install python3-tk)"
     if problem:
         print(f"{PROG}: {problem}; {NO_GUI}", file=sys.stderr)
         return EXIT_LOCAL

@@ -1,0 +1,145 @@
+"""The operator's window in Tk (Python's standard GUI), around the GUI-free OperatorSession.
+
+Why Tk and not OpenCV's HighGUI: the project installs opencv-python-headless (robots and CI need no windows),
+and swapping in the GUI build fights pip. HighGUI's Qt backend also aborted the process without a display,
+dropped keys pressed within ~30 ms, never delivered Shift (no capital letters in class names) and opened a
+context menu on the right button. Tk queues every key with its character, gives plain right-button events,
+resizes, and raises a catchable TclError when there is no display. OpenCV stays headless for the image work.
+
+Threads: the UI thread polls the frame and label sockets and draws; a worker thread owns the TeachClient and
+performs one request at a time, so a slow or dead node never freezes the window.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import tkinter as tk
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from edge_gfs.ui.operator_session import KEY_BACKSPACE, KEY_DELETE, KEY_ENTER, KEY_ESC, OperatorSession, Request
+
+TICK_MS = 15
+SPECIAL_KEYS = {"Return": KEY_ENTER, "KP_Enter": KEY_ENTER, "Escape": KEY_ESC, "BackSpace": KEY_BACKSPACE,
+                "Delete": KEY_DELETE, "space": 32}
+MOUSE = {  # (Tk event type, button) -> (cv2 event, cv2 flags while dragging)
+    ("ButtonPress", 1): (cv2.EVENT_LBUTTONDOWN, cv2.EVENT_FLAG_LBUTTON),
+    ("ButtonRelease", 1): (cv2.EVENT_LBUTTONUP, 0),
+    ("ButtonPress", 3): (cv2.EVENT_RBUTTONDOWN, cv2.EVENT_FLAG_RBUTTON),
+    ("ButtonRelease", 3): (cv2.EVENT_RBUTTONUP, 0),
+}
+
+
+def key_code(keysym: str, char: str) -> int:
+    """A Tk key event as the code OperatorSession takes (cv2.waitKey's); -1 for keys that type nothing (Shift)."""
+    if keysym in SPECIAL_KEYS:
+        return SPECIAL_KEYS[keysym]
+    if len(char) == 1 and 32 <= ord(char) < 127:
+        return ord(char)
+    return -1
+
+
+def ppm(bgr: np.ndarray) -> bytes:
+    """BGR image -> binary PPM, which Tk's PhotoImage reads without Pillow."""
+    h, w = bgr.shape[:2]
+    return f"P6 {w} {h} 255\n".encode() + np.ascontiguousarray(bgr[..., ::-1]).tobytes()
+
+
+class RequestWorker(threading.Thread):
+    """Performs session requests off the UI thread; outcomes come back through `done` as (request, ok, result)."""
+
+    def __init__(self, perform: Callable[[Request], object]) -> None:
+        super().__init__(name="requests", daemon=True)
+        self.perform = perform
+        self.todo: queue.Queue[Request | None] = queue.Queue()
+        self.done: queue.Queue[tuple[Request, bool, object]] = queue.Queue()
+
+    def run(self) -> None:
+        while (req := self.todo.get()) is not None:
+            try:
+                self.done.put((req, True, self.perform(req)))
+            except Exception as e:  # a refusal, a timeout, a dead node: the session shows it
+                self.done.put((req, False, e))
+
+
+class OperatorWindow:
+    """Tk root + canvas showing session.render(), scaled to the window; events in, redraw every tick."""
+
+    def __init__(self, session: OperatorSession, title: str, poll: Callable[[], None],
+                 worker: RequestWorker, on_outcome: Callable[[Request, bool, object], None]) -> None:
+        self.session, self.poll, self.worker, self.on_outcome = session, poll, worker, on_outcome
+        self.root = tk.Tk()  # TclError without a display: the caller checks for one first
+        self.root.title(title)
+        first = session.render()
+        self.canvas = tk.Canvas(self.root, width=first.shape[1], height=first.shape[0], highlightthickness=0,
+                                background="#202020")
+        self.canvas.pack(fill="both", expand=True)
+        self.scale = 1.0
+        self.photo: tk.PhotoImage | None = None
+        self.pending = 0  # requests sent and not answered
+        for (kind, button), (cv_event, _) in MOUSE.items():
+            self.canvas.bind(f"<{kind}-{button}>", lambda e, cv_event=cv_event: self._mouse(e, cv_event))
+        self.canvas.bind("<Motion>", self._motion)
+        self.root.bind("<Key>", self._key)
+        self.root.protocol("WM_DELETE_WINDOW", self.close)
+        self.canvas.focus_set()
+
+    # -- events -------------------------------------------------------------------------------------------
+    def _to_image(self, event: tk.Event) -> tuple[int, int]:
+        return int(event.x / self.scale), int(event.y / self.scale)
+
+    def _mouse(self, event: tk.Event, cv_event: int) -> None:
+        if cv_event == cv2.EVENT_LBUTTONUP and self.session.tool == "box" and self.session.drag_start is not None:
+            self.session.message = "GrabCut is working on the box ..."
+            self.draw()
+            self.root.update_idletasks()
+        self.session.on_mouse(cv_event, *self._to_image(event), 0)
+        self.draw()
+
+    def _motion(self, event: tk.Event) -> None:
+        flags = (cv2.EVENT_FLAG_LBUTTON if event.state & 0x100 else 0) | \
+            (cv2.EVENT_FLAG_RBUTTON if event.state & 0x400 else 0)
+        self.session.on_mouse(cv2.EVENT_MOUSEMOVE, *self._to_image(event), flags)
+
+    def _key(self, event: tk.Event) -> None:
+        req = self.session.on_key(key_code(event.keysym, event.char))
+        if req is not None:
+            self.pending += 1
+            self.worker.todo.put(req)
+        if self.session.quit:
+            self.close()
+        else:
+            self.draw()
+
+    # -- loop -----------------------------------------------------------------------------------------------
+    def draw(self) -> None:
+        img = self.session.render()
+        h, w = img.shape[:2]
+        cw, ch = max(1, self.canvas.winfo_width()), max(1, self.canvas.winfo_height())
+        self.scale = min(cw / w, ch / h) if cw > 1 and ch > 1 else 1.0
+        if abs(self.scale - 1.0) > 1e-3:
+            img = cv2.resize(img, (max(1, round(w * self.scale)), max(1, round(h * self.scale))),
+                             interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
+        self.photo = tk.PhotoImage(data=ppm(img), format="PPM")
+        self.canvas.delete("all")
+        self.canvas.create_image(0, 0, image=self.photo, anchor="nw")
+
+    def _tick(self) -> None:
+        self.poll()
+        while not self.worker.done.empty():
+            req, ok, result = self.worker.done.get()
+            self.pending -= 1
+            self.on_outcome(req, ok, result)
+        self.draw()
+        self.root.after(TICK_MS, self._tick)
+
+    def run(self) -> None:
+        self.root.after(0, self._tick)
+        self.root.mainloop()
+
+    def close(self) -> None:
+        self.worker.todo.put(None)
+        self.root.destroy()
