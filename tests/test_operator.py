@@ -15,7 +15,7 @@ from node_harness import cli, require_camvid, running_node
 from edge_gfs.commands.common import open_window
 from edge_gfs.commands.operator import WINDOW, handle
 from edge_gfs.core.config import CAMVID_CLASSES
-from edge_gfs.ui.operator_session import BAR_H, OperatorSession
+from edge_gfs.ui.operator_session import BAR_H, OperatorSession, grabcut_box
 from edge_gfs.ui.overlay import class_colors, color_for, legend, overlay
 from edge_gfs.wire.client import segment_via
 
@@ -101,6 +101,25 @@ def test_a_box_where_grabcut_finds_nothing_becomes_the_mask():
     drag(s, (0, 0, 159, 119))
     type_name(s, "Wall")
     assert s.on_key(ENTER) is None and "whole image" in s.message and "erase" in s.message  # the node would refuse it
+
+
+def test_grabcut_can_run_off_the_window_thread_and_a_stale_result_is_dropped(data):
+    """The window hands GrabCut to a thread (box_proposer) and applies its result later; a result for a frame
+    that is no longer frozen must not land on the new one."""
+    img, lab = data.read("train", BOX_FRAME)
+    s = frozen_session(img)
+    asked = []
+    s.box_proposer = lambda rect, frozen: asked.append((rect, frozen))
+    drag(s, car_box(lab))
+    assert len(asked) == 1 and not s.mask.any() and "working" in s.message
+    rect, frozen = asked[0]
+    fg = grabcut_box(frozen, rect)  # what the thread computes
+    s.apply_box(rect, fg, frozen)
+    assert np.array_equal(s.mask.astype(bool), fg) and "GrabCut proposed" in s.message
+    s.on_key(SPACE)
+    s.on_key(SPACE)  # unfreeze and freeze again: a new frozen frame, an empty mask
+    s.apply_box(rect, fg, frozen)
+    assert not s.mask.any()
 
 
 def test_quitting_with_an_unsent_mask_asks_first():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -107,6 +108,8 @@ class OperatorSession:
         self._name_before = ""
         self.pending_forget = False
         self.pending_quit = False
+        # the window's asynchronous GrabCut: called with (rect, frozen frame); None runs GrabCut inline
+        self.box_proposer: Callable[[tuple[int, int, int, int], np.ndarray], None] | None = None
         self.drag_start: tuple[int, int] | None = None
         self.drag_now: tuple[int, int] | None = None
         self.last_paint: tuple[int, int] | None = None
@@ -195,11 +198,24 @@ class OperatorSession:
             self.box(x0, y0, x, y)
 
     def box(self, x0: int, y0: int, x1: int, y1: int) -> None:
-        """GrabCut inside the box; its mask is added to the working mask (several boxes, several objects)."""
+        """GrabCut inside the box; its mask is added to the working mask (several boxes, several objects).
+        With a `box_proposer` (the window's worker thread) GrabCut runs there and the result comes back through
+        apply_box, so the window keeps drawing while it works (0.3-2.4 s on a CPU)."""
         if abs(x1 - x0) < 3 or abs(y1 - y0) < 3:
             self.message = "box too small: drag from one corner of the object to the other"
             return
-        fg = grabcut_box(self.frozen, (x0, y0, x1, y1))
+        if self.box_proposer is not None:
+            self.message = "GrabCut is working on the box ..."
+            self.box_proposer((x0, y0, x1, y1), self.frozen)
+        else:
+            self.apply_box((x0, y0, x1, y1), grabcut_box(self.frozen, (x0, y0, x1, y1)))
+
+    def apply_box(self, rect: tuple[int, int, int, int], fg: np.ndarray, frozen: np.ndarray | None = None) -> None:
+        """Add GrabCut's proposal for `rect` to the working mask, unless the frame it ran on is no longer frozen."""
+        if self.frozen is None or (frozen is not None and frozen is not self.frozen):
+            return
+        x0, y0, x1, y1 = rect
+        fg = fg.copy()
         if fg.sum() < MIN_GRABCUT_SHARE * (abs(x1 - x0) + 1) * (abs(y1 - y0) + 1):
             fg[:] = False
             fg[min(y0, y1):max(y0, y1) + 1, min(x0, x1):max(x0, x1) + 1] = True

@@ -20,7 +20,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from edge_gfs.ui.operator_session import KEY_BACKSPACE, KEY_DELETE, KEY_ENTER, KEY_ESC, OperatorSession, Request
+from edge_gfs.ui.operator_session import (KEY_BACKSPACE, KEY_DELETE, KEY_ENTER, KEY_ESC, OperatorSession, Request,
+                                          grabcut_box)
 
 TICK_MS = 15
 SPECIAL_KEYS = {"Return": KEY_ENTER, "KP_Enter": KEY_ENTER, "Escape": KEY_ESC, "BackSpace": KEY_BACKSPACE,
@@ -80,6 +81,9 @@ class OperatorWindow:
         self.scale = 1.0
         self.photo: tk.PhotoImage | None = None
         self.pending = 0  # requests sent and not answered
+        # GrabCut results from their threads: (rect, proposed mask, the frozen frame it ran on)
+        self.boxes: queue.Queue[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]] = queue.Queue()
+        session.box_proposer = self._propose
         for (kind, button), (cv_event, _) in MOUSE.items():
             self.canvas.bind(f"<{kind}-{button}>", lambda e, cv_event=cv_event: self._mouse(e, cv_event))
         self.canvas.bind("<Motion>", self._motion)
@@ -92,12 +96,13 @@ class OperatorWindow:
         return int(event.x / self.scale), int(event.y / self.scale)
 
     def _mouse(self, event: tk.Event, cv_event: int) -> None:
-        if cv_event == cv2.EVENT_LBUTTONUP and self.session.tool == "box" and self.session.drag_start is not None:
-            self.session.message = "GrabCut is working on the box ..."
-            self.draw()
-            self.root.update_idletasks()
         self.session.on_mouse(cv_event, *self._to_image(event), 0)
         self.draw()
+
+    def _propose(self, rect: tuple[int, int, int, int], frozen: np.ndarray) -> None:
+        """GrabCut off the UI thread (it reads the frozen frame, which nothing writes); the tick applies it."""
+        threading.Thread(target=lambda: self.boxes.put((rect, grabcut_box(frozen, rect), frozen)), name="grabcut",
+                         daemon=True).start()
 
     def _motion(self, event: tk.Event) -> None:
         flags = (cv2.EVENT_FLAG_LBUTTON if event.state & 0x100 else 0) | \
@@ -133,6 +138,8 @@ class OperatorWindow:
             req, ok, result = self.worker.done.get()
             self.pending -= 1
             self.on_outcome(req, ok, result)
+        while not self.boxes.empty():
+            self.session.apply_box(*self.boxes.get())
         self.draw()
         self.root.after(TICK_MS, self._tick)
 
