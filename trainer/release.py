@@ -17,11 +17,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edge_gfs.data.evaluation import draw_supports, evaluate_split, teach_supports
 from edge_gfs.core.config import parse_hw
+from edge_gfs.core.files import atomic_write_text
 from edge_gfs.core.model import at_size, load_checkpoint, model_checksum, save_checkpoint
 from edge_gfs.core.segmenter import Segmenter
 from edge_gfs.data.datasets import camvid
+from edge_gfs.data.evaluation import draw_supports, evaluate_split, teach_supports
 from trainer.train import OPTIMIZER_DEFAULTS, build_parser
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,19 +121,33 @@ def metrics_section(cfg, results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def ship(model, payload: dict, dst: Path, novel_bias: float | None = None, novel_rows: str | None = None):
+    """Write the bundled file: the registration chosen on val in its config, weights in half precision (the
+    loader widens to fp32: half the repository size), then read back, so the card measures exactly these bits.
+    The weights' checksum, which registries and artifacts are tied to, does not depend on the config."""
+    if novel_bias is not None:
+        model.cfg.novel_bias = novel_bias
+    if novel_rows is not None:
+        model.cfg.novel_rows = novel_rows
+    save_checkpoint(dst, model, {k: v for k, v in payload.items() if k not in ("format", "config", "state_dict")},
+                    half=True)
+    return load_checkpoint(dst)
+
+
+def write_card(name: str, text: str, results: dict[str, dict]) -> None:
+    atomic_write_text(REPO / "models" / f"{name}.md", text)
+    atomic_write_text(REPO / "models" / f"{name}.metrics.json", json.dumps(results, indent=1))
+    print(text)
+
+
 def refresh(name: str, profile: str, novel_bias: float | None = None, novel_rows: str | None = None) -> int:
     """Re-measure a shipped model and rewrite only its card's metrics section (and metrics.json): for a change
     at inference time, such as registration, that leaves the weights and the training facts as they were.
-    `novel_bias` / `novel_rows` set the shipped registration in the file's config (the weights' checksum, which
-    registries and artifacts are tied to, does not change)."""
+    `novel_bias` / `novel_rows` set the shipped registration in the file's config."""
     card, path = REPO / "models" / f"{name}.md", REPO / "models" / f"{name}.pt"
     model, payload = load_checkpoint(path)
     if novel_bias is not None or novel_rows is not None:
-        model.cfg.novel_bias = model.cfg.novel_bias if novel_bias is None else novel_bias
-        model.cfg.novel_rows = novel_rows or model.cfg.novel_rows
-        save_checkpoint(path, model, {k: v for k, v in payload.items() if k not in ("format", "config", "state_dict")},
-                        half=True)
-        model, _ = load_checkpoint(path)
+        model, _ = ship(model, payload, path, novel_bias, novel_rows)
     t0 = time.time()
     results = measure(model, profile)
     text = card.read_text()
@@ -140,12 +155,11 @@ def refresh(name: str, profile: str, novel_bias: float | None = None, novel_rows
     text = text[:start] + "\n".join(metrics_section(model.cfg, results)) + "\n" + text[end:]
     flags = (f" --novel-bias {novel_bias:g}" if novel_bias is not None else "") + \
         (f" --novel-rows {novel_rows}" if novel_rows else "")
-    text = text.rstrip() + (f"\nMetrics refreshed {datetime.now(timezone.utc):%Y-%m-%d} by `python -m trainer.release "
-                            f"--refresh {name}{flags}` ({time.time() - t0:.0f} s of evaluation) after an inference-time "
-                            "change; the weights are unchanged.\n")
-    card.write_text(text)
-    (REPO / "models" / f"{name}.metrics.json").write_text(json.dumps(results, indent=1))
-    print(text)
+    text = "\n".join(line for line in text.rstrip().splitlines() if not line.startswith("Metrics refreshed"))
+    text += (f"\nMetrics refreshed {datetime.now(timezone.utc):%Y-%m-%d} by `python -m trainer.release --refresh "
+             f"{name}{flags}` ({time.time() - t0:.0f} s of evaluation) after an inference-time change; the weights "
+             "are unchanged.\n")
+    write_card(name, text, results)
     return 0
 
 
@@ -177,15 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     history = json.loads((args.run / "history.json").read_text())
     cfg = model.cfg
     dst = REPO / "models" / f"{args.name}.pt"
-    # half precision on disk (the loader widens to fp32): half the repository size, and the card's numbers are
-    # measured on exactly these weights
-    if args.novel_bias is not None:
-        model.cfg.novel_bias = args.novel_bias
-    if args.novel_rows is not None:
-        model.cfg.novel_rows = args.novel_rows
-    save_checkpoint(dst, model, {k: v for k, v in payload.items() if k not in ("format", "config", "state_dict")},
-                    half=True)
-    model, payload = load_checkpoint(dst)
+    model, payload = ship(model, payload, dst, args.novel_bias, args.novel_rows)
 
     t0 = time.time()
     results = measure(model, args.profile)
@@ -248,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" and `edge-gfs evaluate --model {args.name} --split test --shots 5 --seed 123 --support-mode mask`"
                  if novel else "") + f". Card written {datetime.now(timezone.utc):%Y-%m-%d} "
               f"by `python -m trainer.release {args.run} --name {args.name}` ({eval_seconds:.0f} s of evaluation).", ""]
-    (REPO / "models" / f"{args.name}.md").write_text("\n".join(lines))
-    (REPO / "models" / f"{args.name}.metrics.json").write_text(json.dumps(results, indent=1))
-    print("\n".join(lines))
+    write_card(args.name, "\n".join(lines), results)
     return 0
 
 

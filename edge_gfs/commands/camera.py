@@ -18,10 +18,10 @@ import zmq
 from edge_gfs.commands.flags import parse_with_config
 from edge_gfs.node.sources import Pacer, SourceError, add_source_flags, alternatives, chosen, open_source
 from edge_gfs.wire import protocol as P
-from edge_gfs.wire.client import DEFAULT_FRAMES, FramePublisher
+from edge_gfs.wire.client import FramePublisher
 
 EXAMPLE = f"""examples:
-  edge-gfs camera --camera 0                                  # publish camera 0 on {DEFAULT_FRAMES}
+  edge-gfs camera --camera 0                                  # publish camera 0 on {P.DEFAULT_FRAMES}
   edge-gfs camera --images ../shared/datasets/camvid/test/images --fps 10 --loop
   edge-gfs camera --video drive.mp4 --encoding png --frames tcp://127.0.0.1:6000
 """
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-gfs camera", description="Publish frames (topic `frame`) for edge-gfs run.",
                                 epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_flags(p.add_argument_group("frame source (one of)"))
-    p.add_argument("--frames", default=DEFAULT_FRAMES, metavar="ENDPOINT", help="where to bind the PUB socket")
+    p.add_argument("--frames", default=P.DEFAULT_FRAMES, metavar="ENDPOINT", help="where to bind the PUB socket")
     p.add_argument("--fps", type=float, help="rate (default: 10 for --images, the file's own for --video, "
                                              "as delivered for --camera); 0 = as fast as possible")
     p.add_argument("--encoding", default="jpeg", choices=P.FRAME_ENCODINGS, help="how frames travel")

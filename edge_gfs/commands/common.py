@@ -14,7 +14,8 @@ from typing import Callable
 
 import cv2
 
-from edge_gfs.wire.client import DEFAULT_TEACH, TeachClient, TeachError, TeachTimeout
+from edge_gfs.wire import protocol as P
+from edge_gfs.wire.client import TeachClient, TeachError, TeachTimeout
 
 EXIT_OK, EXIT_REFUSED, EXIT_LOCAL, EXIT_NO_REPLY = 0, 1, 2, 3
 
@@ -45,7 +46,7 @@ def open_window(name: str) -> str | None:
 
 
 def add_endpoint_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teach", default=DEFAULT_TEACH, metavar="ENDPOINT", help="the node's teach socket")
+    p.add_argument("--teach", default=P.DEFAULT_TEACH, metavar="ENDPOINT", help="the node's teach socket")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node's reply")
     p.add_argument("--curve-secret", type=Path, metavar="FILE", help="our CURVE NAME.key_secret (see edge-gfs keys)")
     p.add_argument("--curve-server-key", type=Path, metavar="FILE", help="the node's CURVE public NAME.key")

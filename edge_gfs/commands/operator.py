@@ -1,8 +1,9 @@
 """`edge-gfs operator`: the teaching window. Live frames with the node's labels; freeze, box/brush, name, send.
 
-This is only the shell: sockets, the window (edge_gfs/ui/tk_window.py, Tk) and its event loop. What the keys and the mouse do lives in
-edge_gfs/ui/operator_session.py (no GUI, tested headless); requests go through the same TeachClient as
-`edge-gfs teach`, so the node sees exactly what the command-line tools send. Keys: docs/operator.md.
+This is only the shell: sockets, the window (edge_gfs/ui/tk_window.py, Tk) and its event loop. What the keys
+and the mouse do lives in edge_gfs/ui/operator_session.py (no GUI, tested headless); requests go through the
+same TeachClient as `edge-gfs teach`, so the node sees exactly what the command-line tools send. Keys:
+docs/operator.md.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from edge_gfs.commands.common import EXIT_LOCAL, EXIT_OK, add_endpoint_flags, fo
 from edge_gfs.commands.flags import parse_with_config
 from edge_gfs.ui.operator_session import HELP, OperatorSession, Request
 from edge_gfs.wire import protocol as P
-from edge_gfs.wire.client import (DEFAULT_FRAMES, DEFAULT_LABELS, FrameSubscriber, LabelSubscriber, TeachClient,
-                                  TeachError, TeachTimeout)
+from edge_gfs.wire.client import FrameSubscriber, LabelSubscriber, TeachClient, TeachError, TeachTimeout
 
 WINDOW = "edge-gfs operator"
 PROG = "edge-gfs operator"
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Teaching window: freeze a frame, box or paint an object, "
                                 "name it and send it to a running node.", epilog=EXAMPLE,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", default=DEFAULT_FRAMES, metavar="ENDPOINT", help="the frame publisher")
-    p.add_argument("--labels", default=DEFAULT_LABELS, metavar="ENDPOINT", help="the node's labels socket")
+    p.add_argument("--frames", default=P.DEFAULT_FRAMES, metavar="ENDPOINT", help="the frame publisher")
+    p.add_argument("--labels", default=P.DEFAULT_LABELS, metavar="ENDPOINT", help="the node's labels socket")
     p.add_argument("--alpha", type=float, default=0.5, help="label overlay opacity")
     add_endpoint_flags(p)
     return p
@@ -58,13 +58,12 @@ def perform(client: TeachClient, req: Request) -> object:
 def handle(session: OperatorSession, client: TeachClient, req: Request) -> bool:
     """Perform a request and give the session its outcome; a refusal or silence is a message, never a crash."""
     try:
-        session.on_reply(req, perform(client, req))
-        return True
-    except TeachError as e:
-        session.on_failure(req, f"the node refused: {e.code}: {e.message}")
-    except TeachTimeout as e:
-        session.on_failure(req, str(e))
-    return False
+        result = perform(client, req)
+    except (TeachError, TeachTimeout) as e:
+        session.on_failure(req, outcome_text(e))
+        return False
+    session.on_reply(req, result)
+    return True
 
 
 def drain(session: OperatorSession, frames: FrameSubscriber, labels: LabelSubscriber, limit: int = 200) -> None:

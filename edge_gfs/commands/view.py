@@ -21,7 +21,8 @@ import zmq
 from edge_gfs.commands.common import open_window
 from edge_gfs.commands.flags import parse_with_config
 from edge_gfs.ui.overlay import class_colors, legend, overlay
-from edge_gfs.wire.client import DEFAULT_FRAMES, DEFAULT_LABELS, FrameSubscriber, LabelSubscriber
+from edge_gfs.wire import protocol as P
+from edge_gfs.wire.client import FrameSubscriber, LabelSubscriber
 
 EXAMPLE = """examples:
   edge-gfs view                                   # window: frames on :5555, label maps on :5556
@@ -33,8 +34,8 @@ EXAMPLE = """examples:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="edge-gfs view", description="Overlay viewer for the node's label maps.",
                                 epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", default=DEFAULT_FRAMES, metavar="ENDPOINT", help="the frame publisher")
-    p.add_argument("--labels", default=DEFAULT_LABELS, metavar="ENDPOINT", help="the node's labels socket")
+    p.add_argument("--frames", default=P.DEFAULT_FRAMES, metavar="ENDPOINT", help="the frame publisher")
+    p.add_argument("--labels", default=P.DEFAULT_LABELS, metavar="ENDPOINT", help="the node's labels socket")
     p.add_argument("--out", type=Path, help="write overlays to FILE.mp4 or a folder instead of a window")
     p.add_argument("--fps", type=float, default=10.0, help="frame rate of an --out video")
     p.add_argument("--count", type=int, default=0, help="stop after N overlays (0 = until Ctrl-C)")

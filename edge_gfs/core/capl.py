@@ -127,7 +127,7 @@ def classify(features: torch.Tensor, p_cls: torch.Tensor, base_rows: torch.Tenso
     """Inference logits (B, N_b+N_n, h, w): DQCE with the original P_cls, cached SCE rows, novel rows.
 
     `novel_owner` (R,) gives the novel class (0..N_n-1) of each of R novel rows when a class has several
-    (one per shot, registry.build_classifier); a class then scores its best row (max_per_class). `novel_bias`
+    (one per shot, classifier.build_classifier); a class then scores its best row (max_per_class). `novel_bias`
     is subtracted from every novel class's cosine (calibrated stacking): see calibrate_novel.
     """
     b, _, h, w = features.shape

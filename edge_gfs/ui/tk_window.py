@@ -26,11 +26,9 @@ from edge_gfs.ui.operator_session import (KEY_BACKSPACE, KEY_DELETE, KEY_ENTER, 
 TICK_MS = 15
 SPECIAL_KEYS = {"Return": KEY_ENTER, "KP_Enter": KEY_ENTER, "Escape": KEY_ESC, "BackSpace": KEY_BACKSPACE,
                 "Delete": KEY_DELETE, "space": 32}
-MOUSE = {  # (Tk event type, button) -> (cv2 event, cv2 flags while dragging)
-    ("ButtonPress", 1): (cv2.EVENT_LBUTTONDOWN, cv2.EVENT_FLAG_LBUTTON),
-    ("ButtonRelease", 1): (cv2.EVENT_LBUTTONUP, 0),
-    ("ButtonPress", 3): (cv2.EVENT_RBUTTONDOWN, cv2.EVENT_FLAG_RBUTTON),
-    ("ButtonRelease", 3): (cv2.EVENT_RBUTTONUP, 0),
+MOUSE = {  # Tk button event -> the OpenCV mouse event OperatorSession takes
+    "ButtonPress-1": cv2.EVENT_LBUTTONDOWN, "ButtonRelease-1": cv2.EVENT_LBUTTONUP,
+    "ButtonPress-3": cv2.EVENT_RBUTTONDOWN, "ButtonRelease-3": cv2.EVENT_RBUTTONUP,
 }
 
 
@@ -80,12 +78,11 @@ class OperatorWindow:
         self.canvas.pack(fill="both", expand=True)
         self.scale = 1.0
         self.photo: tk.PhotoImage | None = None
-        self.pending = 0  # requests sent and not answered
         # GrabCut results from their threads: (rect, proposed mask, the frozen frame it ran on)
         self.boxes: queue.Queue[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]] = queue.Queue()
         session.box_proposer = self._propose
-        for (kind, button), (cv_event, _) in MOUSE.items():
-            self.canvas.bind(f"<{kind}-{button}>", lambda e, cv_event=cv_event: self._mouse(e, cv_event))
+        for tk_event, cv_event in MOUSE.items():
+            self.canvas.bind(f"<{tk_event}>", lambda e, cv_event=cv_event: self._mouse(e, cv_event))
         self.canvas.bind("<Motion>", self._motion)
         self.root.bind("<Key>", self._key)
         self.root.protocol("WM_DELETE_WINDOW", self.close)
@@ -112,7 +109,6 @@ class OperatorWindow:
     def _key(self, event: tk.Event) -> None:
         req = self.session.on_key(key_code(event.keysym, event.char))
         if req is not None:
-            self.pending += 1
             self.worker.todo.put(req)
         if self.session.quit:
             self.close()
@@ -135,9 +131,7 @@ class OperatorWindow:
     def _tick(self) -> None:
         self.poll()
         while not self.worker.done.empty():
-            req, ok, result = self.worker.done.get()
-            self.pending -= 1
-            self.on_outcome(req, ok, result)
+            self.on_outcome(*self.worker.done.get())
         while not self.boxes.empty():
             self.session.apply_box(*self.boxes.get())
         self.draw()

@@ -23,8 +23,6 @@ import zmq
 
 from edge_gfs.wire import protocol as P
 
-DEFAULT_FRAMES, DEFAULT_LABELS, DEFAULT_TEACH = P.DEFAULT_FRAMES, P.DEFAULT_LABELS, P.DEFAULT_TEACH
-
 
 def free_endpoint(host: str = "127.0.0.1") -> str:
     """A tcp endpoint on a port the OS says is free now: demos, tests and benches run beside other nodes."""
@@ -56,7 +54,7 @@ def _socket(ctx: zmq.Context, kind: int, max_bytes: int) -> zmq.Socket:
 class FramePublisher:
     """PUB of `frame` messages (what `edge-gfs camera` runs). Binds by default: the camera side owns the port."""
 
-    def __init__(self, endpoint: str = DEFAULT_FRAMES, bind: bool = True, ctx: zmq.Context | None = None,
+    def __init__(self, endpoint: str = P.DEFAULT_FRAMES, bind: bool = True, ctx: zmq.Context | None = None,
                  frame_id: str = "camera", sndhwm: int = 10) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = _socket(self.ctx, zmq.XPUB, 1 << 16)  # XPUB: a PUB that also tells us who subscribed
@@ -94,7 +92,7 @@ class FramePublisher:
 class FrameSubscriber:
     """SUB to a frame publisher: validated, decoded frames (for viewers and recorders; the node has its own reader)."""
 
-    def __init__(self, endpoint: str = DEFAULT_FRAMES, ctx: zmq.Context | None = None,
+    def __init__(self, endpoint: str = P.DEFAULT_FRAMES, ctx: zmq.Context | None = None,
                  limits: P.Limits = P.LIMITS) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = _socket(self.ctx, zmq.SUB, limits.max_frame_bytes * P.SOCKET_SLACK)
@@ -122,7 +120,7 @@ class FrameSubscriber:
 class LabelSubscriber:
     """SUB to a node's labels socket: `labels`, `classes` and `status` topics, parsed."""
 
-    def __init__(self, endpoint: str = DEFAULT_LABELS, topics: Sequence[str] = ("labels", "classes", "status"),
+    def __init__(self, endpoint: str = P.DEFAULT_LABELS, topics: Sequence[str] = ("labels", "classes", "status"),
                  ctx: zmq.Context | None = None, max_bytes: int = 256 << 20) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = _socket(self.ctx, zmq.SUB, max_bytes)
@@ -200,7 +198,7 @@ def shot_bytes(shot: Shotlike) -> P.ShotBytes:
 class TeachClient:
     """REQ (or DEALER) to a node's teach socket. Methods raise TeachError on a refusal, TeachTimeout on silence."""
 
-    def __init__(self, endpoint: str = DEFAULT_TEACH, timeout_s: float = 30.0, dealer: bool = False,
+    def __init__(self, endpoint: str = P.DEFAULT_TEACH, timeout_s: float = 30.0, dealer: bool = False,
                  ctx: zmq.Context | None = None, curve_secret: Path | str | None = None,
                  curve_server_key: Path | str | None = None) -> None:
         """curve_secret (our NAME.key_secret) and curve_server_key (the node's NAME.key): for a node whose teach
