@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gfs_camvid import SEEDS, evaluate, recipe, recipe_key  # noqa: E402
+from gfs_camvid import SEEDS, SHIPPED, evaluate, pick, recipe, recipe_key  # noqa: E402
 
 from edge_gfs.core import capl  # noqa: E402
 from edge_gfs.core.config import CAMVID_CLASSES, FOLDS  # noqa: E402
@@ -75,6 +75,23 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                       {"novel_bias": 0.0, "per_shot": True, "raw_pool": True, "bg": (1.0, 0.3)}),
     "bgcos_q95_1.0": ("a row per shot, margin 1.0 x relu(95th-pct background cosine - 0.5)",
                       {"novel_bias": 0.0, "per_shot": True, "raw_pool": True, "bg": (0.95, 1.0, 0.5)}),
+    "self_0.7": ("per-shot rows plus a self-support row per taught class from its confident (p>0.7) pixels in the frame",
+                 {"novel_bias": 0.0, "rows": "per_shot", "self": (0.7, 0.0, "row")}),
+    "self_0.5": ("as self_0.7 with p>0.5", {"novel_bias": 0.0, "rows": "per_shot", "self": (0.5, 0.0, "row")}),
+    "self_0.9": ("as self_0.7 with p>0.9", {"novel_bias": 0.0, "rows": "per_shot", "self": (0.9, 0.0, "row")}),
+    "self_0.7_m0.05": ("as self_0.7, self row margin 0.05", {"novel_bias": 0.0, "rows": "per_shot", "self": (0.7, 0.05, "row")}),
+    "self_0.7_base": ("self rows for base classes too", {"novel_bias": 0.0, "rows": "per_shot", "self": (0.7, 0.0, "all")}),
+    "loo_bias": ("per-shot rows, a margin per taught class chosen on its own shots: each shot segmented by the other "
+                 "shots' rows, the margin that maximises IoU with the masks", {"novel_bias": 0.0, "rows": "per_shot", "loo": "iou"}),
+    "loo_bias_half": ("as loo_bias, half the chosen margin", {"novel_bias": 0.0, "rows": "per_shot", "loo": "iou", "loo_shrink": 0.5}),
+    "guard_0.9": ("per-shot rows; a taught class cannot win where the base rows alone are >= 0.9 sure",
+                  {"novel_bias": 0.0, "rows": "per_shot", "guard": (0.9, "hard")}),
+    "guard_0.8": ("as guard_0.9 at 0.8", {"novel_bias": 0.0, "rows": "per_shot", "guard": (0.8, "hard")}),
+    "guard_0.95": ("as guard_0.9 at 0.95", {"novel_bias": 0.0, "rows": "per_shot", "guard": (0.95, "hard")}),
+    "guard_0.7": ("as guard_0.9 at 0.7", {"novel_bias": 0.0, "rows": "per_shot", "guard": (0.7, "hard")}),
+    "guard_soft_0.2": ("per-shot rows; taught classes lose 0.2 x the base rows' max probability (cosine units)",
+                       {"novel_bias": 0.0, "rows": "per_shot", "guard": (0.2, "soft")}),
+    "guard_soft_0.1": ("as guard_soft_0.2 with 0.1", {"novel_bias": 0.0, "rows": "per_shot", "guard": (0.1, "soft")}),
     "per_shot_multilevel_0.5": ("one row per shot on [decoder; 0.5 x encoder] (unit-feature pooling)", {"novel_bias": 0.0, "per_shot": True, "multilevel": 0.5}),
 }
 
@@ -136,6 +153,38 @@ def multilevel_prototypes(seg: "Variant", supports: list[tuple[torch.Tensor, tor
     return torch.stack(rows), torch.tensor(owner)
 
 
+LOO_GRID = np.round(np.arange(-0.10, 0.41, 0.02), 2)
+
+
+@torch.no_grad()
+def loo_margins(seg: Segmenter, supports: list[tuple[torch.Tensor, torch.Tensor]], shrink: float = 1.0) -> torch.Tensor:
+    """A cosine margin per taught class from its own shots alone: each shot is segmented by the base rows and
+    the class's other shots' rows, and the margin that maximises IoU with the shot's mask (pooled over the
+    shots) is taken. K=1 gets 0. Why: a class whose shots' rows also fire on the background of other shots
+    (a pedestrian row on Building) needs a larger margin than one that does not (Car)."""
+    clf, alpha, d = seg.classifier, seg.cfg.alpha, seg.cfg.dim
+    margins = []
+    for c in clf.novel_ids:
+        own = [(x[:, :d], m) for x, m in supports if bool((m == c).any())]
+        rows = [capl.l2n(capl.class_sums(x, m, [c])[0][0]) for x, m in own]
+        if len(own) < 2:
+            margins.append(0.0)
+            continue
+        inter, union = np.zeros(len(LOO_GRID)), np.zeros(len(LOO_GRID))
+        for k, (x, m) in enumerate(own):
+            base = seg.logits(x, seg.base_classifier).amax(1)[0]
+            others = torch.stack([r for j, r in enumerate(rows) if j != k])
+            nov = capl.cosine_logits(x, others, alpha).amax(1)[0]
+            truth = m[0] == c
+            for g, b in enumerate(LOO_GRID):
+                pred = (nov - alpha * b) > base
+                inter[g] += float((pred & truth).sum())
+                union[g] += float((pred | truth).sum())
+        best = LOO_GRID[int(np.argmax(inter / np.maximum(union, 1)))]
+        margins.append(shrink * float(best))
+    return torch.tensor(margins)
+
+
 def fit_novel_rows(seg: Segmenter, supports: list[tuple[torch.Tensor, torch.Tensor]], steps: int = 50,
                    lr: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
     """Novel rows and biases that minimise CE on the support pixels, base rows (SCE + DQCE) frozen."""
@@ -171,6 +220,28 @@ class Variant(Segmenter):
     row_offset: torch.Tensor | None = None  # per-prototype logit offsets (adaptive margin of per-shot rows)
 
     raw_pool: bool = False  # per-shot rows pool raw decoder features (as the registry does), not unit ones
+    self_support: tuple | None = None  # (threshold, margin, mode): query self-support rows
+    guard: tuple | None = None  # (value, "hard"|"soft"): keep taught classes off pixels the base rows are sure of
+
+    def self_rows(self, out: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Second pass: each class (taught, or all with mode 'all') gets a row from the mean unit feature of its
+        confident pixels in this frame, and scores max(first-pass logit, that row's cosine - margin)."""
+        tau, margin, mode = self.self_support
+        n_base = len(self.cfg.base_classes)
+        unit = capl.l2n(feats[:, :self.cfg.dim], dim=1)
+        prob = torch.softmax(out, 1)
+        conf, pred = prob.max(1)
+        new = out.clone()
+        first = 0 if mode == "all" else n_base
+        for b in range(out.shape[0]):
+            for k in range(first, out.shape[1]):
+                sel = (pred[b] == k) & (conf[b] > tau)
+                if int(sel.sum()) < 2:
+                    continue
+                q = capl.l2n(unit[b][:, sel].mean(1))
+                cos = self.cfg.alpha * (torch.einsum("dhw,d->hw", unit[b], q) - margin)
+                new[b, k] = torch.maximum(out[b, k], cos)
+        return new
 
     def joint(self, feats: torch.Tensor, lam: float) -> torch.Tensor:
         d = self.cfg.dim
@@ -191,6 +262,15 @@ class Variant(Segmenter):
             capl.calibrate_novel(out, n_base, self.cfg.alpha, self.novel_bias)
         if self.offset is not None and out.shape[1] > n_base:
             out[:, n_base:] += self.offset[None, :, None, None]
+        if classifier is None and self.guard is not None and out.shape[1] > n_base:
+            sure = torch.softmax(out[:, :n_base], 1).amax(1, keepdim=True)
+            v, kind = self.guard
+            if kind == "hard":
+                out[:, n_base:] = torch.where(sure >= v, torch.full_like(out[:, n_base:], -1e4), out[:, n_base:])
+            else:
+                out[:, n_base:] -= self.cfg.alpha * v * sure
+        if classifier is None and self.self_support is not None and out.shape[1] > n_base:
+            out = self.self_rows(out, feats)
         return out
 
 
@@ -204,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None,
                    help="a checkpoint to tune instead of the benchmark's cached model (one fold)")
     args = p.parse_args(argv)
-    names = args.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    names = pick(p, args.variants, VARIANTS, "variant")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     t_start = time.time()
     data = camvid()
@@ -218,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.folds.split(","):
         novel = list(FOLDS[f])
         base = [c for c in range(n_cls) if c not in novel]
-        cached = REPO / "bench" / "models" / f"capl-f{f}-{recipe_key(recipe('capl', f, False))}.pt"
+        cached = REPO / "bench" / "models" / f"{SHIPPED}-f{f}-{recipe_key(recipe(SHIPPED, f, False))}.pt"
         model, _ = load_checkpoint(args.model or cached)
         if args.input_size:
             model = at_size(model, args.input_size)
@@ -229,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             model.cfg.pseudo_threshold = opts.get("pseudo_threshold", 0.7)
             model.cfg.sce_pooling = opts.get("pool", "raw")
             seg = Variant(model, InferenceOptions(novel_bias=opts["novel_bias"], novel_rows=opts.get("rows", "mean")))
+            seg.self_support = opts.get("self")
+            seg.guard = opts.get("guard")
             base_only = summarize(evaluate(seg, feats, gts, base, n_cls), list(CAMVID_CLASSES), base, [])["base_miou"]
-            runs, fit_s = [], []
+            runs, fit_s, margins = [], [], []
             for seed in SEEDS:
                 shots, supports = [], []
                 for c, frames in draw_supports(data, novel, args.shots, seed, counts).items():
@@ -280,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                         d = model.cfg.dim
                         nearest = (seg.protos[:, :d] @ clf.base_rows.T).amax(1) / seg.protos[:, :d].norm(dim=1)
                         seg.row_offset = -model.cfg.alpha * opts["adaptive"] * nearest
+                if opts.get("loo"):
+                    m = loo_margins(seg, supports, opts.get("loo_shrink", 1.0))
+                    margins.append(m.tolist())
+                    seg.offset = -model.cfg.alpha * m
                 if opts.get("fit"):
                     t0 = time.perf_counter()
                     clf.novel_rows, seg.offset = fit_novel_rows(seg, [(x[:, :model.cfg.dim], m) for x, m in supports])
@@ -289,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"variant": name, "what": VARIANTS[name][0], "fold": f, "shots": args.shots,
                          "base_only_miou": base_only, **mean, "base_kept_pct": 100 * mean["base_miou"] / base_only,
                          "std_total": float(np.std([r["total_miou"] for r in runs])),
-                         "fit_seconds": float(np.mean(fit_s)) if fit_s else None,
+                         "fit_seconds": float(np.mean(fit_s)) if fit_s else None, "margins": margins or None,
                          "per_class": {CAMVID_CLASSES[c]: float(np.mean([r["per_class"][CAMVID_CLASSES[c]] or 0
                                                                          for r in runs])) for c in base + novel}})
     model.cfg.pseudo_threshold, model.cfg.sce_pooling = 0.7, "raw"

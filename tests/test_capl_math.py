@@ -508,6 +508,41 @@ def test_capl_loss_single_image_batch():
     assert loss.dim() == 0 and torch.isfinite(loss)
 
 
+def test_unknown_loss_by_hand():
+    """Uniform base scores on the unlabelled pixels cost 0; a pixel sure of one class costs
+    logsumexp - mean - log N; labelled pixels are not looked at."""
+    labels = torch.tensor([[[0, 255], [1, 255]]])  # feature size = label size here: no resampling
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, :, 0, 0] = torch.tensor([9.0, -9.0])  # a labelled pixel, however sure: ignored
+    assert capl.unknown_loss(logits, labels).item() == pytest.approx(0.0, abs=1e-7)
+    logits[0, :, 0, 1] = torch.tensor([2.0, 0.0])  # an unlabelled pixel leaning to class 0
+    # pixel (0,1): log(e^2 + 1) - 1 - log 2 = 0.43378; pixel (1,1): 0; mean 0.21689
+    assert capl.unknown_loss(logits, labels).item() == pytest.approx(0.5 * (math.log(math.e ** 2 + 1) - 1 - math.log(2)), abs=1e-6)
+    none = torch.zeros(1, 2, 2, 2, requires_grad=True)
+    loss = capl.unknown_loss(none, torch.zeros(1, 2, 2, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(none.grad, torch.zeros_like(none))
+
+
+def test_capl_loss_unknown_term_moves_only_the_features():
+    """The unknown term adds its value and sends gradient into the features, never into P_cls or G_sup (whose
+    cheapest uniform answer would be to merge prototypes)."""
+    feats, labels, p_cls = loss_inputs()
+    grads = []
+    for w in (0.0, 0.5):
+        f, p = feats.clone().requires_grad_(True), p_cls.clone().requires_grad_(True)
+        torch.manual_seed(0)
+        gate = GSup(4)
+        loss = capl.capl_loss(f, labels, p, gate, 10.0, generator=torch.Generator().manual_seed(3), unknown_weight=w)
+        loss.backward()
+        grads.append((loss.detach(), f.grad, p.grad, [q.grad.clone() for q in gate.parameters()]))
+    (l0, f0, p0, g0), (l1, f1, p1, g1) = grads
+    assert l1 > l0  # random features are not uniform over the rows at the two unlabelled pixels
+    torch.testing.assert_close(p1, p0)
+    assert all(torch.allclose(a, b) for a, b in zip(g0, g1))
+    assert not torch.allclose(f1, f0)
+
+
 def test_upsampled_ce_of_an_all_ignore_batch_is_zero_not_nan():
     logits = torch.randn(1, 3, 2, 2, requires_grad=True)
     loss = capl.upsampled_ce(logits, torch.full((1, 4, 4), 255, dtype=torch.long))

@@ -7,6 +7,9 @@ Car is held out of camvid-fold0, so teaching it from a box drawn around a car is
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -15,17 +18,23 @@ from node_harness import cli, require_camvid, running_node
 from edge_gfs.commands.common import open_window
 from edge_gfs.commands.operator import WINDOW, handle
 from edge_gfs.core.config import CAMVID_CLASSES
-from edge_gfs.ui.operator_session import BAR_H, OperatorSession, grabcut_box
+from edge_gfs.ui.operator_session import (BAR_H, HELP, NODE_SILENT_S, OperatorSession, ellipse_or_box, grabcut_box,
+                                          propose_mask, wrap)
 from edge_gfs.ui.overlay import class_colors, color_for, legend, overlay
 from edge_gfs.wire.client import segment_via
 
-CAR = 8
-assert CAMVID_CLASSES[CAR] == "Car"
+CAR, PEDESTRIAN = 8, 9
+assert CAMVID_CLASSES[CAR] == "Car" and CAMVID_CLASSES[PEDESTRIAN] == "Pedestrian"
 BOX_FRAME = "0006R0_f02640"  # one car, well separated from its background: the GrabCut test frame
 SECOND_FRAME = "0016E5_05190"  # another train frame with one large car: the second shot
-# Measured 0.884 IoU (GrabCut, 3 iterations, seeded) against the GT car pixels inside the box on BOX_FRAME;
-# the box alone scores 0.601. The floor leaves room for other OpenCV versions.
-GRABCUT_IOU_FLOOR = 0.80
+# Measured 0.806 IoU (propose_mask: GrabCut, 3 iterations, seeded, centre seed) against the GT car pixels inside
+# the box on BOX_FRAME, a bright frame where plain GrabCut gets 0.879; the box alone scores 0.601. The centre seed
+# costs a little here and rescues the dark test frames (bench/results/mask_proposals.md). The floor leaves room
+# for other OpenCV versions.
+GRABCUT_IOU_FLOOR = 0.75
+# Measured median IoU 0.654 on the first 24 test cars and pedestrians (plain GrabCut: 0.000).
+PROPOSAL_OBJECTS = 24
+PROPOSAL_MEDIAN_FLOOR = 0.55
 SPACE, ENTER, ESC, BACKSPACE = 32, 13, 27, 8
 MEASURED: dict = {}
 
@@ -92,13 +101,16 @@ def test_box_around_a_car_makes_grabcut_propose_its_mask(data):
     assert iou(s.mask_bool(), gt) == got
 
 
-def test_a_box_where_grabcut_finds_nothing_becomes_the_mask():
-    """A flat wall gives GrabCut no colours to separate: the box is the mask, and the message says to erase."""
+def test_a_box_where_grabcut_finds_nothing_keeps_its_middle_and_says_so():
+    """A flat wall gives GrabCut no colours to separate: the mask is the middle of the box (never empty, never
+    the corners) and the message says GrabCut found no outline and how to fix the mask."""
     s = frozen_session(np.full((120, 160, 3), 90, np.uint8))
     drag(s, (40, 30, 120, 90))
-    assert int(s.mask.sum()) == 81 * 61 and s.mask[30:91, 40:121].all()
-    assert "found no object" in s.message
-    drag(s, (0, 0, 159, 119))
+    inscribed = ellipse_or_box((120, 160), (40, 30, 120, 90))
+    assert s.mask[60, 80] and not s.mask[30, 40] and not (s.mask.astype(bool) & ~inscribed).any()
+    assert 0.2 < s.mask.sum() / (81 * 61) < 0.8
+    assert "could not tell" in s.message and "erase" in s.message
+    s.mask[:] = 1
     type_name(s, "Wall")
     assert s.on_key(ENTER) is None and "whole image" in s.message and "erase" in s.message  # the node would refuse it
 
@@ -113,13 +125,34 @@ def test_grabcut_can_run_off_the_window_thread_and_a_stale_result_is_dropped(dat
     drag(s, car_box(lab))
     assert len(asked) == 1 and not s.mask.any() and "working" in s.message
     rect, frozen = asked[0]
-    fg = grabcut_box(frozen, rect)  # what the thread computes
-    s.apply_box(rect, fg, frozen)
+    fg, found = propose_mask(frozen, rect)  # what the thread computes
+    s.apply_box(rect, fg, found, frozen)
     assert np.array_equal(s.mask.astype(bool), fg) and "GrabCut proposed" in s.message
     s.on_key(SPACE)
     s.on_key(SPACE)  # unfreeze and freeze again: a new frozen frame, an empty mask
-    s.apply_box(rect, fg, frozen)
+    s.apply_box(rect, fg, found, frozen)
     assert not s.mask.any()
+
+
+def test_box_proposals_on_dark_test_frames_beat_plain_grabcut(data):
+    """bench/mask_proposals.py on a fixed handful: the first PROPOSAL_OBJECTS cars and pedestrians of the test
+    split (dusk sequences, where plain GrabCut loses most objects). The floor is the proposal's median IoU."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from mask_proposals import iou as bench_iou
+    from mask_proposals import objects
+
+    found = []
+    for name in data.names("test"):
+        img, lab = data.read("test", name)
+        found += [(img, rect, truth) for c in (CAR, PEDESTRIAN) for rect, truth in objects(lab, c)]
+        if len(found) >= PROPOSAL_OBJECTS:
+            break
+    shipped = [bench_iou(propose_mask(img, rect)[0], truth) for img, rect, truth in found[:PROPOSAL_OBJECTS]]
+    plain = [bench_iou(grabcut_box(img, rect), truth) for img, rect, truth in found[:PROPOSAL_OBJECTS]]
+    print(f"\nproposal median IoU {np.median(shipped):.3f} (plain GrabCut {np.median(plain):.3f}) "
+          f"on {len(shipped)} objects")
+    assert np.median(shipped) >= PROPOSAL_MEDIAN_FLOOR
+    assert np.median(shipped) > np.median(plain) + 0.2
 
 
 def test_quitting_with_an_unsent_mask_asks_first():
@@ -233,6 +266,53 @@ def test_render_shows_the_overlay_the_mask_and_the_legend(data):
     m = s.mask_bool()
     assert np.abs(frozen[:h, :w][m].astype(int) - img[m]).mean() > 20  # the working mask is tinted
     assert np.array_equal(frozen[h - 1, :w][~m[h - 1]], img[h - 1][~m[h - 1]])
+
+
+def test_render_scales_for_the_screen_with_text_wrapped_never_clipped(data):
+    """At scale 2 (a 1080p screen) the picture doubles and the text is drawn at that size; the status and key
+    lines wrap at word boundaries instead of running off the window."""
+    img, lab = data.read("train", BOX_FRAME)
+    h, w = lab.shape
+    s = OperatorSession()
+    s.on_frame(img, 1)
+    s.on_labels(1, lab)
+    s.message = "a long message " * 12
+    one, two = s.render(), s.render(scale=2.0)
+    assert s.size_at_scale_1() == one.shape[:2]
+    assert abs(two.shape[0] - 2 * one.shape[0]) <= 2 and abs(two.shape[1] - 2 * one.shape[1]) <= 2
+    lines = wrap(HELP, 300, 0.45)  # a narrow window: the key help takes several lines
+    assert len(lines) >= 3 and all(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] <= 300 for t in lines)
+    assert sum((t.split() for t in lines), []) == HELP.split()  # every word kept whole, in order
+    assert any("  " in t for t in lines)  # the two-space groups of the key help survive
+    bar = two[2 * h + 4:]
+    ink_rows = np.flatnonzero((bar.max(axis=(1, 2)) > 150))
+    assert ink_rows.size > 0 and np.diff(ink_rows).max() > 8  # separate text lines, each taller than at scale 1
+    assert all(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.9, 2)[0][0] <= two.shape[1] - 24
+               for t in wrap(s.message, two.shape[1] - 24, 0.9))
+
+
+def test_a_silent_node_gets_a_banner_and_its_return_asks_for_the_classes(data):
+    """No label map for NODE_SILENT_S: a red banner says so (the window keeps running, ZeroMQ reconnects);
+    the first label map after it clears the banner and asks the shell to list the classes again."""
+    img, lab = data.read("train", BOX_FRAME)
+    now = [100.0]
+    s = OperatorSession(labels_hint="tcp://127.0.0.1:5556", clock=lambda: now[0])
+    s.on_frame(img, 1)
+    assert s.node_banner() is None  # just started
+    now[0] += NODE_SILENT_S + 1
+    assert "yet" in s.node_banner() and "tcp://127.0.0.1:5556" in s.node_banner()
+    s.on_labels(1, lab)
+    assert s.node_banner() is None and not s.want_list  # the first map is not a return
+    plain = s.render()
+    now[0] += 10
+    banner = s.node_banner()
+    assert banner is not None and "silent 10 s" in banner and "reconnecting" in banner
+    shown = s.render()
+    assert shown.shape == plain.shape
+    top = shown[:20, :lab.shape[1]].reshape(-1, 3).astype(int)
+    assert np.median(top[:, 2]) > 150 and np.median(top[:, 0]) < 60  # a red band over the picture
+    s.on_labels(1, lab)
+    assert s.node_banner() is None and s.want_list
 
 
 def test_teach_preview_list_and_forget_through_a_real_node(tmp_path, data):

@@ -19,8 +19,8 @@ from edge_gfs.core.segmenter import Segmenter
 from edge_gfs.data.datasets import camvid, train_lut
 from edge_gfs.data.metrics import confusion, summarize
 from trainer.augment import AugmentConfig, augment
-from trainer.train import (AugmentedFrames, TrainLoss, build_optimizer, build_parser, evaluate,
-                           fill_optimizer_defaults, parse_args, pixel_share, warmup_poly)
+from trainer.train import (AugmentedFrames, TrainLoss, build_optimizer, build_parser, evaluate, fill_optimizer_defaults,
+                           parse_args, pixel_share, warmup_poly)
 
 TINY = ["--input-size", "64x96", "--dim", "32", "--batch-size", "4", "--train-limit", "8", "--val-limit", "2",
         "--threads", "1"]
@@ -68,6 +68,38 @@ def test_loss_falls_on_a_fixed_batch(frames, tiny_cfg, method):
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+def test_unknown_term_flattens_base_scores_on_unlabelled_pixels(frames, tiny_cfg):
+    """Twelve steps on the same batch from the same weights, with and without --unknown-weight: with it, the
+    held-out and void pixels end up further from every base class (a lower unknown loss), which is what lets a
+    taught class win them later."""
+    ds = AugmentedFrames(frames[0], frames[1], train_lut(tiny_cfg.base_classes), tiny_cfg.input_hw, seed=0)
+    rgb, lab = (torch.stack(t) for t in zip(*[ds[i] for i in range(6)]))
+    assert bool((lab == 255).any())
+    after = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = CaplModel(tiny_cfg, pretrained=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(0)
+        step = TrainLoss(model, "capl", None, weight)
+        for _ in range(12):
+            loss = step(rgb, lab, gen)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            feats = model(rgb)
+            logits = capl.cosine_logits(feats, capl.l2n(model.prototypes), tiny_cfg.alpha)
+            after[weight] = capl.unknown_loss(logits, lab).item()
+    assert after[1.0] < 0.7 * after[0.0], after
+
+
+def test_unknown_weight_is_refused_outside_capl(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "trainer", "--method", "baseline", "--unknown-weight", "0.1",
+                        "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--unknown-weight" in r.stderr and "capl" in r.stderr
 
 
 def _train(out, *extra):

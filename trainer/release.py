@@ -58,6 +58,9 @@ def recipe_text(a: dict, input_hw) -> str:
             f"around {input_hw[0]}x{input_hw[1]}, rotate ±10°, flip, blur")
     if a.get("class_weights", "none") != "none":
         text += "; class-balanced CE (ENet weights / median, capped at 10)"
+    if a.get("unknown_weight"):
+        text += (f"; unknown term weight {a['unknown_weight']:g} (outlier exposure on the pixels without a base label, "
+                 "`capl.unknown_loss`)")
     if a.get("init"):
         text += f"; warm start from {a['init']}"
     return text
@@ -116,8 +119,7 @@ def metrics_section(cfg, results: dict[str, dict]) -> list[str]:
                   "margin off the taught rows, `capl.calibrate_novel`) and `novel_rows` = "
                   f"{cfg.novel_rows} (`mean`: the paper's one K-shot prototype per class; `per_shot`: one prototype "
                   "per shot, a class scoring its best), both chosen on val with `python bench/val_tuning.py --folds 0` "
-                  "(bench/results/val/recipe2/tuning.md for the margin, recipe2/per_shot/tuning.md for the rows: "
-                  "novel 15.8 -> 19.1, base kept).", ""]
+                  "(bench/results/val/recipe4/tuning.md).", ""]
     return lines
 
 
@@ -235,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- {len(history)} epochs, {history[-1]['iters']} iterations of batch {train_args.get('batch_size', 8)}, "
         f"{recipe_text(train_args, cfg.input_hw)}.",
         f"- Wall time {wall / 60:.0f} min on the 2-core CPU machine ({wall / len(history):.0f} s per epoch, "
-        f"including val); best val at epoch {best_epoch}.", "",
+        f"including val); best val at epoch {best_epoch}."
+        + (" That is this run's alone: it warm-starts from another model, whose own training comes first (the "
+           "command block)." if train_args.get("init") else ""), "",
         *metrics_section(cfg, results),
     ]
     test = results["test (base-only)"]["per_class"]

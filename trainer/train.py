@@ -78,6 +78,8 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=float, default=d(1.0), help="linear lr warmup before the poly decay")
     p.add_argument("--class-weights", choices=["none", "balanced"], default=d("none"),
                    help="balanced: ENet-style 1/ln(1.02 + pixel share) CE weights for rare classes")
+    p.add_argument("--unknown-weight", type=float, default=d(0.0),
+                   help="capl: weight of outlier exposure on pixels without a base label (capl.unknown_loss; 0 = off)")
     p.add_argument("--dim", type=int, default=d(128), help="feature dimension d")
     p.add_argument("--input-size", default=d("288x384"),
                    help="HxW the network sees (multiples of 32): the model's default run-time profile")
@@ -112,6 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 parse_hw(getattr(args, flag))
         except argparse.ArgumentTypeError as e:
             parser.error(f"--{flag.replace('_', '-')}: {e}")
+    if args.unknown_weight and args.method != "capl":
+        parser.error("--unknown-weight is a term of the CAPL loss: use it with --method capl")
     last = args.out / "last.pt"
     if args.resume and last.is_file():
         saved = torch.load(last, map_location="cpu", weights_only=False).get("args", {})
@@ -223,16 +227,18 @@ def build_data(args: argparse.Namespace, cfg: ModelConfig, data: Dataset, rank: 
 class TrainLoss(torch.nn.Module):
     """The whole loss inside one forward, so DDP sees P_cls and G_sup used where it expects them."""
 
-    def __init__(self, model: CaplModel, method: str, class_weight: torch.Tensor | None = None) -> None:
+    def __init__(self, model: CaplModel, method: str, class_weight: torch.Tensor | None = None,
+                 unknown_weight: float = 0.0) -> None:
         super().__init__()
         self.model, self.method, self.class_weight = model, method, class_weight
+        self.unknown_weight = unknown_weight
 
     def forward(self, rgb: torch.Tensor, lab: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         m, cfg = self.model, self.model.cfg
         feats = m(rgb.contiguous(memory_format=torch.channels_last))
         if self.method == "capl":
             return capl.capl_loss(feats, lab, m.prototypes, m.g_sup, cfg.alpha, cfg.dqce_weighting, gen,
-                                  self.class_weight)
+                                  self.class_weight, self.unknown_weight)
         return capl.upsampled_ce(capl.cosine_logits(feats, m.prototypes, cfg.alpha), lab, self.class_weight)
 
 
@@ -260,9 +266,10 @@ def warm_start(model: CaplModel, path: Path) -> None:
     log.info("warm start from %s (trained at %dx%d)", path, *init.cfg.input_hw)
 
 
-def build_net(model: CaplModel, method: str, class_weight: torch.Tensor | None, world: int) -> torch.nn.Module:
+def build_net(model: CaplModel, method: str, class_weight: torch.Tensor | None, world: int,
+              unknown_weight: float = 0.0) -> torch.nn.Module:
     """The loss module the optimiser steps through, wrapped in DDP when there are several processes."""
-    net: torch.nn.Module = TrainLoss(model, method, class_weight)
+    net: torch.nn.Module = TrainLoss(model, method, class_weight, unknown_weight)
     if world > 1:
         # G_sup is unused by the baseline, and by CAPL in a batch with no fake-context class
         net = DistributedDataParallel(net, find_unused_parameters=True)
@@ -530,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         start_epoch, history, best = resume_from(args.out / "last.pt", model, optimizer, schedule, gen, cfg)
 
-    net = build_net(model, args.method, class_weight, world)
+    net = build_net(model, args.method, class_weight, world, args.unknown_weight)
     if rank == 0:
         log_recipe(args, cfg, train_set, world, iters_per_epoch, class_weight)
 

@@ -8,6 +8,7 @@ Shapes: B images, d feature channels, h x w feature map, N classifier rows.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -234,10 +235,28 @@ def balanced_class_weights(pixel_share: torch.Tensor, c: float = 1.02, cap: floa
     return (w / w.median()).clamp(max=cap).float()
 
 
+def unknown_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Outlier exposure (Hendrycks et al., ICLR 2019) on the pixels without a base label: cross-entropy of the
+    base softmax against the uniform distribution, minus its floor log(N), at feature resolution.
+
+    Why: with the held-out classes relabelled to ignore, nothing stops the network from folding a car into
+    Road or a pedestrian into Building, and it does: on val, 60% of Pedestrian pixels scored >= 0.9 Building
+    before teaching, so a taught Pedestrian row had to fight a confident Building row (and lost, or stole
+    Building). Asking "looks like no base class" of ignored pixels is what PASCAL's GFS protocol does with
+    its background label, without collapsing them onto one background prototype. labels (B,H,W), 255 = none.
+    """
+    small = downsample_labels(labels, logits.shape[-2:])
+    z = logits.permute(0, 2, 3, 1)[small == IGNORE]  # (n, N)
+    if z.shape[0] == 0:
+        return logits.sum() * 0.0
+    return (torch.logsumexp(z, 1) - z.mean(1)).mean() - math.log(z.shape[1])
+
+
 def capl_loss(features: torch.Tensor, labels: torch.Tensor, p_cls: torch.Tensor, g_sup: Gate, alpha: float,
               weighting: str = "impl", generator: torch.Generator | None = None,
-              class_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The CAPL training loss for one batch: 0.5 CE with P_capl (Eq. 7) + 0.5 CE with P_fake.
+              class_weight: torch.Tensor | None = None, unknown_weight: float = 0.0) -> torch.Tensor:
+    """The CAPL training loss for one batch: 0.5 CE with P_capl (Eq. 7) + 0.5 CE with P_fake, plus
+    `unknown_weight` x unknown_loss on P_capl's rows, detached (0: the paper's loss).
 
     labels (B,H,W) base-row indices at input resolution (novel and void = 255). floor(B/2) images are fake
     queries, the rest fake support; the loss covers the whole batch. A batch of one has no fake query:
@@ -249,6 +268,13 @@ def capl_loss(features: torch.Tensor, labels: torch.Tensor, p_cls: torch.Tensor,
     sup_labels = downsample_labels(labels[n_q:], features.shape[-2:])
     p_fake, _, _ = fake_novel_prototypes(sup_feats, sup_labels, p_cls, g_sup, generator)
     p_dyn = dqce(features, p_cls, alpha, weighting)
-    loss_capl = upsampled_ce(cosine_logits(features, p_fake[None] + p_dyn, alpha), labels, class_weight)
+    logits_capl = cosine_logits(features, p_fake[None] + p_dyn, alpha)
+    loss_capl = upsampled_ce(logits_capl, labels, class_weight)
     loss_fake = upsampled_ce(cosine_logits(features, p_fake, alpha), labels, class_weight)
-    return 0.5 * loss_capl + 0.5 * loss_fake
+    loss = 0.5 * loss_capl + 0.5 * loss_fake
+    if unknown_weight:
+        # rows detached: with gradients into P_cls the cheapest uniform softmax is to merge prototypes (a
+        # fine-tune at weight 0.5 merged Road away, val Road IoU 0), so only the features may move
+        rows = (p_fake[None] + p_dyn).detach()
+        loss = loss + unknown_weight * unknown_loss(cosine_logits(features, rows, alpha), labels)
+    return loss

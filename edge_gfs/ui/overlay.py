@@ -62,16 +62,22 @@ def overlay(frame_bgr: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
 LEGEND_COLUMN_W, LEGEND_ROW_H = 170, 20
 
 
-def legend(names: dict[int, str], height: int, colors: dict[int, RGB] | None = None) -> np.ndarray:
+def legend(names: dict[int, str], height: int, colors: dict[int, RGB] | None = None,
+           scale: float = 1.0) -> np.ndarray:
     """A white strip listing class colours and names, to put beside an overlay; as many columns as the classes
-    need, so a node with many taught classes never drops one from its legend."""
+    need, so a node with many taught classes never drops one from its legend. `scale` sizes the rows and the
+    text for a window shown larger than the frame (text drawn at screen size stays sharp)."""
     lut = palette_bgr(colors)
-    per_column = max(1, (height - 8) // LEGEND_ROW_H)
+    col_w, row_h, pad = round(LEGEND_COLUMN_W * scale), max(1, round(LEGEND_ROW_H * scale)), round(8 * scale)
+    per_column = max(1, (height - pad) // row_h)
     columns = max(1, -(-len(names) // per_column))
-    strip = np.full((height, LEGEND_COLUMN_W * columns, 3), 255, np.uint8)
+    strip = np.full((height, col_w * columns, 3), 255, np.uint8)
+    thick = max(1, round(scale))
     for k, (cid, name) in enumerate(sorted(names.items())):
-        x, y = LEGEND_COLUMN_W * (k // per_column), 8 + LEGEND_ROW_H * (k % per_column)
-        cv2.rectangle(strip, (x + 8, y), (x + 24, y + 14), tuple(int(v) for v in lut[cid]), -1)
-        cv2.putText(strip, f"{cid} {name}"[:22], (x + 30, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        x, y = col_w * (k // per_column), pad + row_h * (k % per_column)
+        cv2.rectangle(strip, (x + pad, y), (x + round(24 * scale), y + round(14 * scale)),
+                      tuple(int(v) for v in lut[cid]), -1)
+        cv2.rectangle(strip, (x + pad, y), (x + round(24 * scale), y + round(14 * scale)), (0, 0, 0), 1)
+        cv2.putText(strip, f"{cid} {name}"[:22], (x + round(30 * scale), y + round(12 * scale)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale, (0, 0, 0), thick, cv2.LINE_AA)
     return strip

@@ -21,9 +21,11 @@ import cv2
 import numpy as np
 
 from edge_gfs.ui.operator_session import (KEY_BACKSPACE, KEY_DELETE, KEY_ENTER, KEY_ESC, OperatorSession, Request,
-                                          grabcut_box)
+                                          propose_mask)
 
 TICK_MS = 15
+SCREEN_SHARE = 0.8  # the first window takes at most this much of the screen, at most MAX_START_SCALE x the frame
+MAX_START_SCALE = 2.0
 SPECIAL_KEYS = {"Return": KEY_ENTER, "KP_Enter": KEY_ENTER, "Escape": KEY_ESC, "BackSpace": KEY_BACKSPACE,
                 "Delete": KEY_DELETE, "space": 32}
 MOUSE = {  # Tk button event -> the OpenCV mouse event OperatorSession takes
@@ -73,13 +75,16 @@ class OperatorWindow:
         self.root = tk.Tk()  # TclError without a display: the caller checks for one first
         self.root.title(title)
         first = session.render()
-        self.canvas = tk.Canvas(self.root, width=first.shape[1], height=first.shape[0], highlightthickness=0,
-                                background="#202020")
+        # a 480x360 frame at 1:1 leaves 9-px text on a 1080p screen: start larger, as far as the screen allows
+        start = max(1.0, min(MAX_START_SCALE, SCREEN_SHARE * self.root.winfo_screenheight() / first.shape[0],
+                             SCREEN_SHARE * self.root.winfo_screenwidth() / first.shape[1]))
+        self.canvas = tk.Canvas(self.root, width=round(first.shape[1] * start), height=round(first.shape[0] * start),
+                                highlightthickness=0, background="#202020")
         self.canvas.pack(fill="both", expand=True)
         self.scale = 1.0
         self.photo: tk.PhotoImage | None = None
-        # GrabCut results from their threads: (rect, proposed mask, the frozen frame it ran on)
-        self.boxes: queue.Queue[tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]] = queue.Queue()
+        # proposals from their threads: (rect, mask, GrabCut found it, the frozen frame it ran on)
+        self.boxes: queue.Queue[tuple[tuple[int, int, int, int], np.ndarray, bool, np.ndarray]] = queue.Queue()
         session.box_proposer = self._propose
         for tk_event, cv_event in MOUSE.items():
             self.canvas.bind(f"<{tk_event}>", lambda e, cv_event=cv_event: self._mouse(e, cv_event))
@@ -98,7 +103,7 @@ class OperatorWindow:
 
     def _propose(self, rect: tuple[int, int, int, int], frozen: np.ndarray) -> None:
         """GrabCut off the UI thread (it reads the frozen frame, which nothing writes); the tick applies it."""
-        threading.Thread(target=lambda: self.boxes.put((rect, grabcut_box(frozen, rect), frozen)), name="grabcut",
+        threading.Thread(target=lambda: self.boxes.put((rect, *propose_mask(frozen, rect), frozen)), name="grabcut",
                          daemon=True).start()
 
     def _motion(self, event: tk.Event) -> None:
@@ -117,13 +122,11 @@ class OperatorWindow:
 
     # -- loop -----------------------------------------------------------------------------------------------
     def draw(self) -> None:
-        img = self.session.render()
-        h, w = img.shape[:2]
-        cw, ch = max(1, self.canvas.winfo_width()), max(1, self.canvas.winfo_height())
+        """Render at the canvas's scale (the session draws its text after resizing, so it stays sharp)."""
+        h, w = self.session.size_at_scale_1()
+        cw, ch = self.canvas.winfo_width(), self.canvas.winfo_height()
         self.scale = min(cw / w, ch / h) if cw > 1 and ch > 1 else 1.0
-        if abs(self.scale - 1.0) > 1e-3:
-            img = cv2.resize(img, (max(1, round(w * self.scale)), max(1, round(h * self.scale))),
-                             interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
+        img = self.session.render(scale=self.scale)
         self.photo = tk.PhotoImage(data=ppm(img), format="PPM")
         self.canvas.delete("all")
         self.canvas.create_image(0, 0, image=self.photo, anchor="nw")
@@ -134,6 +137,9 @@ class OperatorWindow:
             self.on_outcome(*self.worker.done.get())
         while not self.boxes.empty():
             self.session.apply_box(*self.boxes.get())
+        if self.session.want_list:  # the node is back after a silence: its classes may have changed
+            self.session.want_list = False
+            self.worker.todo.put(Request("list"))
         self.draw()
         self.root.after(TICK_MS, self._tick)
 
