@@ -17,8 +17,11 @@ def test_quick_benchmark_runs_and_reports_every_system(camvid_root, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "results" / "gfs_camvid.json").read_text())
     systems = {row["system"] for row in report["summary"]}
-    assert systems == {"oracle", "baseline", "capl", "capl_mean_rows", "capl_lowbb", "capl_margin_0.15",
+    assert systems == {"oracle", "baseline", "capl", "capl_no_margin", "capl_per_shot", "capl_unknown_any",
+                       "capl_finetune", "capl_recipe2", "capl_mean_rows", "capl_lowbb", "capl_margin_0.15",
                        "baseline_calibrated", "sce_only", "dqce_only", "capl_on_baseline", "capl_paper_dqce"}
+    warm = report["models"]["capl_unknown-f0"]["recipe"]
+    assert warm["init"].startswith("capl-f0-") and warm["unknown_weight"] == 0.1  # warm start from the cached capl
     run = next(x for x in report["runs"] if x["system"] == "capl" and x["mode"] == "mask")
     assert set(run["supports"]) == {"Car", "Pedestrian", "Bicyclist"}
     assert all(len(v) == 1 for v in run["supports"].values())

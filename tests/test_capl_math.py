@@ -524,10 +524,27 @@ def test_unknown_loss_by_hand():
     assert loss.item() == 0.0 and torch.equal(none.grad, torch.zeros_like(none))
 
 
+def test_unknown_loss_pure_cells_skip_cells_with_any_base_pixel():
+    """4x4 labels over 2x2 cells. Cell (0,0) is all ignore; cell (0,1) is ignore but for one base pixel, so
+    "pure" leaves it out while "any" (nearest sample = its top-left, ignore) takes it."""
+    labels = torch.full((1, 4, 4), 255)
+    labels[0, 1, 3] = 0  # one base pixel in cell (0,1), not its top-left sample
+    labels[0, 2:, :] = 1  # cells (1,0), (1,1): base
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, :, 0, 1] = torch.tensor([2.0, 0.0])  # sure of class 0: costs log(e^2 + 1) - 1 - log 2
+    cost = math.log(math.e ** 2 + 1) - 1 - math.log(2)
+    assert capl.unknown_loss(logits, labels, "pure").item() == pytest.approx(0.0, abs=1e-7)  # cell (0,0) only
+    assert capl.unknown_loss(logits, labels, "any").item() == pytest.approx(cost / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="pure"):
+        capl.unknown_loss(logits, labels, "some")
+
+
 def test_capl_loss_unknown_term_moves_only_the_features():
     """The unknown term adds its value and sends gradient into the features, never into P_cls or G_sup (whose
     cheapest uniform answer would be to merge prototypes)."""
     feats, labels, p_cls = loss_inputs()
+    labels = labels.clone()
+    labels[0, 0:2, 0:2] = 255  # one whole feature cell without a base label (labels are at 2x the feature size)
     grads = []
     for w in (0.0, 0.5):
         f, p = feats.clone().requires_grad_(True), p_cls.clone().requires_grad_(True)
@@ -537,7 +554,7 @@ def test_capl_loss_unknown_term_moves_only_the_features():
         loss.backward()
         grads.append((loss.detach(), f.grad, p.grad, [q.grad.clone() for q in gate.parameters()]))
     (l0, f0, p0, g0), (l1, f1, p1, g1) = grads
-    assert l1 > l0  # random features are not uniform over the rows at the two unlabelled pixels
+    assert l1 > l0  # random features are not uniform over the rows at the unlabelled cell
     torch.testing.assert_close(p1, p0)
     assert all(torch.allclose(a, b) for a, b in zip(g0, g1))
     assert not torch.allclose(f1, f0)

@@ -59,8 +59,9 @@ def recipe_text(a: dict, input_hw) -> str:
     if a.get("class_weights", "none") != "none":
         text += "; class-balanced CE (ENet weights / median, capped at 10)"
     if a.get("unknown_weight"):
-        text += (f"; unknown term weight {a['unknown_weight']:g} (outlier exposure on the pixels without a base label, "
-                 "`capl.unknown_loss`)")
+        cells = ("feature cells without a base-labelled pixel" if a.get("unknown_cells", "any") == "pure"
+                 else "feature cells whose nearest label is ignore")
+        text += f"; unknown term weight {a['unknown_weight']:g} (outlier exposure on the {cells}, `capl.unknown_loss`)"
     if a.get("init"):
         text += f"; warm start from {a['init']}"
     return text

@@ -80,6 +80,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                    help="balanced: ENet-style 1/ln(1.02 + pixel share) CE weights for rare classes")
     p.add_argument("--unknown-weight", type=float, default=d(0.0),
                    help="capl: weight of outlier exposure on pixels without a base label (capl.unknown_loss; 0 = off)")
+    p.add_argument("--unknown-cells", choices=["pure", "any"], default=d("pure"),
+                   help="which cells the unknown term takes: pure = no base-labelled pixel in the cell (default), "
+                        "any = the cell's nearest label is ignore")
     p.add_argument("--dim", type=int, default=d(128), help="feature dimension d")
     p.add_argument("--input-size", default=d("288x384"),
                    help="HxW the network sees (multiples of 32): the model's default run-time profile")
@@ -228,17 +231,17 @@ class TrainLoss(torch.nn.Module):
     """The whole loss inside one forward, so DDP sees P_cls and G_sup used where it expects them."""
 
     def __init__(self, model: CaplModel, method: str, class_weight: torch.Tensor | None = None,
-                 unknown_weight: float = 0.0) -> None:
+                 unknown_weight: float = 0.0, unknown_cells: str = "pure") -> None:
         super().__init__()
         self.model, self.method, self.class_weight = model, method, class_weight
-        self.unknown_weight = unknown_weight
+        self.unknown_weight, self.unknown_cells = unknown_weight, unknown_cells
 
     def forward(self, rgb: torch.Tensor, lab: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         m, cfg = self.model, self.model.cfg
         feats = m(rgb.contiguous(memory_format=torch.channels_last))
         if self.method == "capl":
             return capl.capl_loss(feats, lab, m.prototypes, m.g_sup, cfg.alpha, cfg.dqce_weighting, gen,
-                                  self.class_weight, self.unknown_weight)
+                                  self.class_weight, self.unknown_weight, self.unknown_cells)
         return capl.upsampled_ce(capl.cosine_logits(feats, m.prototypes, cfg.alpha), lab, self.class_weight)
 
 
@@ -267,9 +270,9 @@ def warm_start(model: CaplModel, path: Path) -> None:
 
 
 def build_net(model: CaplModel, method: str, class_weight: torch.Tensor | None, world: int,
-              unknown_weight: float = 0.0) -> torch.nn.Module:
+              unknown_weight: float = 0.0, unknown_cells: str = "pure") -> torch.nn.Module:
     """The loss module the optimiser steps through, wrapped in DDP when there are several processes."""
-    net: torch.nn.Module = TrainLoss(model, method, class_weight, unknown_weight)
+    net: torch.nn.Module = TrainLoss(model, method, class_weight, unknown_weight, unknown_cells)
     if world > 1:
         # G_sup is unused by the baseline, and by CAPL in a batch with no fake-context class
         net = DistributedDataParallel(net, find_unused_parameters=True)
@@ -537,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         start_epoch, history, best = resume_from(args.out / "last.pt", model, optimizer, schedule, gen, cfg)
 
-    net = build_net(model, args.method, class_weight, world, args.unknown_weight)
+    net = build_net(model, args.method, class_weight, world, args.unknown_weight, args.unknown_cells)
     if rank == 0:
         log_recipe(args, cfg, train_set, world, iters_per_epoch, class_weight)
 
