@@ -119,7 +119,7 @@ def metrics_section(cfg, results: dict[str, dict]) -> list[str]:
                   f"Registration as shipped in this file's config: margin `novel_bias` = {cfg.novel_bias:g} (a cosine "
                   "margin off the taught rows, `capl.calibrate_novel`) and `novel_rows` = "
                   f"{cfg.novel_rows} (`mean`: the paper's one K-shot prototype per class; `per_shot`: one prototype "
-                  "per shot, a class scoring its best), both chosen on val with `python bench/val_tuning.py --folds 0` "
+                  "per shot, a class scoring its best), both chosen on val with `python bench/val_tuning.py --folds 0,1` "
                   "(bench/results/val/recipe4/tuning.md).", ""]
     return lines
 
