@@ -231,3 +231,26 @@ def test_input_size_profile_runs_the_same_model_at_another_size(data, tmp_path):
         node.stop()
     assert maps and all(m.labels.shape == (360, 480) for m in maps), node.log_text()
     assert statuses and all(s["input_hw"] == [96, 128] for s in statuses)
+
+
+def test_seq_that_wraps_or_restarts_counts_resets_not_drops():
+    """seq 2^64-1 -> 0 -> 2^64-1 (a wrap, a restarted publisher, random ids) are resets, not 2^64 lost frames:
+    counting them as gaps once overflowed the status message and killed the node. Real wire messages through
+    the reader's own parser; a plain gap still counts."""
+    import zmq
+
+    from edge_gfs.node.stream import MAX_SEQ_GAP, LatestSlot, ZmqFrameReader
+
+    ctx = zmq.Context()
+    reader = ZmqFrameReader(ctx, "tcp://127.0.0.1:1", LatestSlot(), threading.Event())
+    try:
+        img = np.zeros((16, 24, 3), np.uint8)
+        for seq in (2**64 - 1, 0, 2**64 - 1, 5, 9, 9 + MAX_SEQ_GAP + 2, 3):
+            reader._take([P.TOPIC_FRAME, P.pack(P.frame_message(P.make_frame(img, seq=seq, encoding="png")))])
+        assert reader.bad == 0
+        assert reader.seq_gaps == 3  # 5 -> 9 lost 6, 7, 8
+        assert reader.seq_resets == 5  # wrap, back, wrap, the long jump, back
+        P.pack({"drops": reader.seq_gaps, "seq_resets": reader.seq_resets})  # packs: no overflow
+    finally:
+        reader.sock.close(0)
+        ctx.term()

@@ -225,9 +225,9 @@ class Node:
 
     def status(self) -> dict:
         r = self.reader
-        overwritten, gaps = self.slot.overwritten, getattr(r, "seq_gaps", 0)
+        overwritten, gaps, resets = self.slot.overwritten, getattr(r, "seq_gaps", 0), getattr(r, "seq_resets", 0)
         return {"v": P.VERSION, "model": self.model_name, "backend": self.backend, **self.stats.summary(),
-                "drops": overwritten + gaps, "drops_overwritten": overwritten, "drops_seq_gap": gaps,
+                "drops": overwritten + gaps, "drops_overwritten": overwritten, "drops_seq_gap": gaps, "seq_resets": resets,
                 "bad_frames": self.bad_frames + getattr(r, "bad", 0), "errors": self.errors,
                 "classes_version": self.snapshot.version, "threads": torch.get_num_threads(),
                 "uptime_s": round(time.monotonic() - self.started, 1), "input": self.cfg.input_label,

@@ -65,6 +65,12 @@ class LatestSlot:
             return self.ended and self._item is None
 
 
+# A seq jump larger than this (10 minutes at 30 Hz) is a publisher that restarted or numbers frames its own way,
+# not frames lost on the way. Why bounded: counting 2^64-1 -> 0 -> 2^64-1 as gaps pushed `drops` past uint64,
+# and packing the status message then killed the node (issue 13).
+MAX_SEQ_GAP = 18_000
+
+
 class ZmqFrameReader(threading.Thread):
     """SUB to a frame publisher; validates headers (cheap) and keeps only the newest frame in the slot."""
 
@@ -80,6 +86,7 @@ class ZmqFrameReader(threading.Thread):
         self.slot, self.stop, self.limits = slot, stop, limits
         self.bad = 0
         self.seq_gaps = 0  # frames missing between consecutive seqs (lost before they reached the node)
+        self.seq_resets = 0  # seq went back, or jumped past MAX_SEQ_GAP: a restarted publisher, not lost frames
         self._last_seq: int | None = None
         self._last_log = 0.0
 
@@ -109,8 +116,12 @@ class ZmqFrameReader(threading.Thread):
                 log.warning("bad frame message ignored (%d so far): %s", self.bad, e)
                 self._last_log = now
             return
-        if self._last_seq is not None and frame.seq > self._last_seq + 1:
-            self.seq_gaps += frame.seq - self._last_seq - 1
+        if self._last_seq is not None and frame.seq != self._last_seq + 1:
+            gap = frame.seq - self._last_seq - 1
+            if 0 < gap <= MAX_SEQ_GAP:
+                self.seq_gaps += gap
+            else:
+                self.seq_resets += 1
         self._last_seq = frame.seq
         self.slot.put(Arrival(frame, now))
 
