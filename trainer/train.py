@@ -79,7 +79,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--class-weights", choices=["none", "balanced"], default=d("none"),
                    help="balanced: ENet-style 1/ln(1.02 + pixel share) CE weights for rare classes")
     p.add_argument("--unknown-weight", type=float, default=d(0.0),
-                   help="capl: weight of outlier exposure on pixels without a base label (capl.unknown_loss; 0 = off)")
+                   help="capl: weight of outlier exposure on cells without a base label (capl.unknown_loss; 0 = off)")
     p.add_argument("--unknown-cells", choices=["pure", "any"], default=d("pure"),
                    help="which cells the unknown term takes: pure = no base-labelled pixel in the cell (default), "
                         "any = the cell's nearest label is ignore")

@@ -280,8 +280,7 @@ def capl_loss(features: torch.Tensor, labels: torch.Tensor, p_cls: torch.Tensor,
     sup_labels = downsample_labels(labels[n_q:], features.shape[-2:])
     p_fake, _, _ = fake_novel_prototypes(sup_feats, sup_labels, p_cls, g_sup, generator)
     p_dyn = dqce(features, p_cls, alpha, weighting)
-    logits_capl = cosine_logits(features, p_fake[None] + p_dyn, alpha)
-    loss_capl = upsampled_ce(logits_capl, labels, class_weight)
+    loss_capl = upsampled_ce(cosine_logits(features, p_fake[None] + p_dyn, alpha), labels, class_weight)
     loss_fake = upsampled_ce(cosine_logits(features, p_fake, alpha), labels, class_weight)
     loss = 0.5 * loss_capl + 0.5 * loss_fake
     if unknown_weight:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from edge_gfs.core.labels import mask_problem
-from edge_gfs.ui.overlay import LEGEND_COLUMN_W, LEGEND_ROW_H, class_colors, legend, overlay
+from edge_gfs.ui.overlay import LEGEND_COLUMN_W, class_colors, legend, legend_columns, overlay
 from edge_gfs.wire import protocol as P
 
 TOOLS = ("box", "brush", "erase")
@@ -89,8 +89,8 @@ def grabcut_box(image: np.ndarray, rect: tuple[int, int, int, int], iterations: 
     Runs on the whole frame (the background model needs the surroundings: cropping tight made GrabCut lose
     cars at the image border), downscaled past max_side for speed, with OpenCV's RNG seeded so the same box
     gives the same mask. `background` (bool, frame size): pixels inside the box that start as probable
-    background instead of probable object; `core` (bool, frame size): pixels that are surely the object. Returns an empty mask when GrabCut cannot run (a degenerate or
-    all-covering box)."""
+    background instead of probable object; `core` (bool, frame size): pixels that are surely the object.
+    Returns an empty mask when GrabCut cannot run (a degenerate or all-covering box)."""
     h, w = image.shape[:2]
     x0, y0, x1, y1 = clip_rect(rect, (h, w))
     out = np.zeros((h, w), bool)
@@ -498,8 +498,7 @@ class OperatorSession:
         """(h, w) of render() at scale 1, without drawing: the window fits its scale to this."""
         frame, _ = self.shown()
         fh, fw = frame.shape[:2] if frame is not None else blank_hw
-        per_column = max(1, (fh - 8) // LEGEND_ROW_H)
-        return fh + BAR_H, fw + LEGEND_COLUMN_W * max(1, -(-len(self.legend_names()) // per_column))
+        return fh + BAR_H, fw + LEGEND_COLUMN_W * legend_columns(len(self.legend_names()), fh)
 
     def render(self, blank_hw: tuple[int, int] = (360, 480), scale: float = 1.0) -> np.ndarray:
         """The window's BGR image: frame + label overlay + working mask | legend, over a status bar.
@@ -553,8 +552,9 @@ class OperatorSession:
         inner = width - round(12 * scale)
         state = wrap(f"[{self.tool} r{self.radius}] name: {name} | {self.message}", inner, 0.45 * scale)[:2]
         keys = wrap(HELP, inner, 0.45 * scale)[:2]
-        for k, (line, colour) in enumerate([(t, (255, 255, 255)) for t in state] + [(t, (170, 200, 170)) for t in keys]):
-            row = k if k < len(state) else 2 + k - len(state)
+        rows = [(k, t, (255, 255, 255)) for k, t in enumerate(state)] + \
+               [(2 + k, t, (170, 200, 170)) for k, t in enumerate(keys)]
+        for row, line, colour in rows:
             text(bar, line, (round(6 * scale), round((BAR_LINE_H * (row + 1) - 4) * scale)), 0.45 * scale, colour)
         return bar
 
@@ -562,10 +562,15 @@ class OperatorSession:
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+def stroke(size: float) -> int:
+    """Line thickness for font `size`: thicker strokes as the text grows, so it reads the same at any scale."""
+    return max(1, round(size * 2))
+
+
 def text(img: np.ndarray, line: str, org: tuple[int, int], size: float, colour: tuple[int, int, int],
          outline: bool = False) -> None:
-    """Anti-aliased text; thicker strokes as the size grows, a dark outline where it sits on the picture."""
-    thick = max(1, round(size * 2))
+    """Anti-aliased text, with a dark outline where it sits on the picture."""
+    thick = stroke(size)
     if outline:
         cv2.putText(img, line, org, FONT, size, (0, 0, 0), thick + 2, cv2.LINE_AA)
     cv2.putText(img, line, org, FONT, size, colour, thick, cv2.LINE_AA)
@@ -574,7 +579,7 @@ def text(img: np.ndarray, line: str, org: tuple[int, int], size: float, colour: 
 def wrap(line: str, width: int, size: float) -> list[str]:
     """Words into lines that fit `width` px at font `size`, keeping the spacing between them (the key help
     groups with two spaces); a word longer than a line is cut."""
-    thick = max(1, round(size * 2))
+    thick = stroke(size)
     fits = lambda t: cv2.getTextSize(t, FONT, size, thick)[0][0] <= width  # noqa: E731
     lines: list[str] = []
     for m in re.finditer(r"\s*\S+", line):

@@ -62,6 +62,16 @@ def overlay(frame_bgr: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
 LEGEND_COLUMN_W, LEGEND_ROW_H = 170, 20
 
 
+def legend_rows(height: int, scale: float = 1.0) -> int:
+    """Classes one legend column holds at this height."""
+    return max(1, (height - round(8 * scale)) // max(1, round(LEGEND_ROW_H * scale)))
+
+
+def legend_columns(n_names: int, height: int, scale: float = 1.0) -> int:
+    """How many columns legend() needs for n_names at this height: the window sizes itself by it."""
+    return max(1, -(-n_names // legend_rows(height, scale)))
+
+
 def legend(names: dict[int, str], height: int, colors: dict[int, RGB] | None = None,
            scale: float = 1.0) -> np.ndarray:
     """A white strip listing class colours and names, to put beside an overlay; as many columns as the classes
@@ -69,8 +79,8 @@ def legend(names: dict[int, str], height: int, colors: dict[int, RGB] | None = N
     text for a window shown larger than the frame (text drawn at screen size stays sharp)."""
     lut = palette_bgr(colors)
     col_w, row_h, pad = round(LEGEND_COLUMN_W * scale), max(1, round(LEGEND_ROW_H * scale)), round(8 * scale)
-    per_column = max(1, (height - pad) // row_h)
-    columns = max(1, -(-len(names) // per_column))
+    per_column = legend_rows(height, scale)
+    columns = legend_columns(len(names), height, scale)
     strip = np.full((height, col_w * columns, 3), 255, np.uint8)
     thick = max(1, round(scale))
     for k, (cid, name) in enumerate(sorted(names.items())):
