@@ -248,9 +248,9 @@ def test_seq_that_wraps_or_restarts_counts_resets_not_drops():
         for seq in (2**64 - 1, 0, 2**64 - 1, 5, 9, 9 + MAX_SEQ_GAP + 2, 3):
             reader._take([P.TOPIC_FRAME, P.pack(P.frame_message(P.make_frame(img, seq=seq, encoding="png")))])
         assert reader.bad == 0
-        assert reader.seq_gaps == 3  # 5 -> 9 lost 6, 7, 8
-        assert reader.seq_resets == 5  # wrap, back, wrap, the long jump, back
-        P.pack({"drops": reader.seq_gaps, "seq_resets": reader.seq_resets})  # packs: no overflow
+        assert reader.seqs.gaps == 3  # 5 -> 9 lost 6, 7, 8
+        assert reader.seqs.resets == 5  # wrap, back, wrap, the long jump, back
+        P.pack(reader.status())  # packs: no overflow
     finally:
-        reader.sock.close(0)
+        reader.close()
         ctx.term()

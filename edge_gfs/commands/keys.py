@@ -12,10 +12,15 @@ import sys
 from pathlib import Path
 
 EXAMPLE = """examples:
-  edge-gfs keys node --dir keys/                 # keys/node.key (public) + keys/node.key_secret
-  edge-gfs keys alice --dir keys/operators/      # an operator's pair; the node allows keys/operators/*.key
+  # on the robot: the node's own pair
+  edge-gfs keys node --dir keys/                 # keys/node.key (public) + keys/node.key_secret (stays here)
+  # on each operator's machine: their pair; only the public half travels to the robot
+  edge-gfs keys alice --dir ~/.config/edge-gfs/keys
+  scp ~/.config/edge-gfs/keys/alice.key robot:keys/operators/
+  # the node allows every public key in keys/operators (never put a .key_secret there)
   edge-gfs run --teach tcp://0.0.0.0:5557 --curve-secret keys/node.key_secret --curve-allow keys/operators
-  edge-gfs classes --teach tcp://robot:5557 --curve-secret keys/operators/alice.key_secret --curve-server-key keys/node.key
+  edge-gfs classes --teach tcp://robot:5557 --curve-secret ~/.config/edge-gfs/keys/alice.key_secret \\
+      --curve-server-key node.key                # node.key copied from the robot
 """
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ EXAMPLE = f"""examples:
   edge-gfs run --camera 0                                                 # OpenCV camera, in-process
   edge-gfs run --images ../shared/datasets/camvid/test/images --fps 5 --loop
   edge-gfs run --config node.yaml       # node.yaml: {{model: camvid-fold0, frames: "tcp://127.0.0.1:5555"}}
+  edge-gfs run --model camvid-fold0 --log-file logs/node.log --log-max-mb 10   # rotating log on disk
 
 Label maps go out on --labels (topics labels, classes, status); teach with `edge-gfs teach`, list with
 `edge-gfs classes`, forget with `edge-gfs forget`. Protocol: docs/protocol.md.
@@ -63,9 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-classes", type=int, default=P.LIMITS.max_novel_classes,
                    help="most taught classes the node holds (then teach replies `limit`)")
     p.add_argument("--max-shots", type=int, default=P.LIMITS.max_shots_per_class, help="most shots per class")
+    p.add_argument("--max-frame-pixels", type=int, default=P.LIMITS.max_frame_pixels,
+                   help=f"largest frame accepted, in pixels (default {P.LIMITS.max_frame_pixels:,} = 1920x1200; a "
+                        f"bigger frame is counted in status bad_frames and skipped before it is decoded)")
     p.add_argument("--status-period", type=float, default=1.0, help="seconds between status messages")
     p.add_argument("--classes-period", type=float, default=2.0, help="seconds between repeated classes messages")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-file", type=Path, metavar="FILE",
+                   help="also log to FILE, rotated at --log-max-mb into FILE.1 .. FILE.3 (stderr keeps logging)")
+    p.add_argument("--log-max-mb", type=float, default=10.0, help="size at which --log-file rotates (default 10)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="YAML map of any of these flags; flags win")
     return p
 
@@ -84,12 +92,17 @@ def config_from(args: argparse.Namespace, given: set[str]) -> NodeConfig:
         fps=args.fps, loop=args.loop, frame_id=args.frame_id, labels=args.labels, teach=args.teach,
         curve_secret=args.curve_secret, curve_allow=args.curve_allow, backend=args.backend, engine=args.engine,
         confidence=args.confidence, threads=args.threads, max_classes=args.max_classes, max_shots=args.max_shots,
+        max_frame_pixels=args.max_frame_pixels,
         status_period=args.status_period, classes_period=args.classes_period)
 
 
 def main(argv: list[str] | None = None) -> int:
     args, given = parse_with_config(build_parser(), argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s edge-gfs run: %(message)s", stream=sys.stderr)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if args.log_file is not None:  # bounded on disk: a node that logs for months must not fill it
+        args.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(RotatingFileHandler(args.log_file, maxBytes=int(args.log_max_mb * 2**20), backupCount=3))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s edge-gfs run: %(message)s", handlers=handlers)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     store = None

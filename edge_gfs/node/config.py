@@ -60,6 +60,7 @@ class NodeConfig:
     threads: int = 0  # torch threads per worker thread; 0 = all cores
     max_classes: int = P.LIMITS.max_novel_classes
     max_shots: int = P.LIMITS.max_shots_per_class
+    max_frame_pixels: int = P.LIMITS.max_frame_pixels
     status_period: float = 1.0
     classes_period: float = 2.0
 
@@ -69,7 +70,8 @@ class NodeConfig:
 
     @property
     def limits(self) -> P.Limits:
-        return replace(P.LIMITS, max_novel_classes=self.max_classes, max_shots_per_class=self.max_shots)
+        return replace(P.LIMITS, max_novel_classes=self.max_classes, max_shots_per_class=self.max_shots,
+                       max_frame_pixels=self.max_frame_pixels)
 
     @property
     def input_label(self) -> str:
@@ -85,8 +87,29 @@ class NodeConfig:
             if not is_loopback(self.teach):
                 raise StartupError(f"--teach {self.teach} is reachable from other hosts: that needs CURVE (create keys "
                                    f"with `edge-gfs keys`, pass --curve-secret and --curve-allow) or a 127.0.0.1 address")
-        elif self.curve_allow is None or not self.curve_allow.is_dir():
-            raise StartupError("--curve-secret needs --curve-allow DIR, a folder of the operators' public *.key files")
+        else:
+            self._check_keys()
+        if not 0 < self.max_frame_pixels <= P.LIMITS.max_image_pixels:
+            raise StartupError(f"--max-frame-pixels must be 1..{P.LIMITS.max_image_pixels}, got {self.max_frame_pixels}")
         for name, value in (("--status-period", self.status_period), ("--classes-period", self.classes_period)):
             if value <= 0:
                 raise StartupError(f"{name} must be > 0 seconds, got {value}")
+
+    def _check_keys(self) -> None:
+        """CURVE files read and sane before the model loads: a typo costs one line, not a 5 s model load."""
+        from zmq.auth import load_certificate
+        if self.curve_allow is None or not self.curve_allow.is_dir():
+            raise StartupError("--curve-secret needs --curve-allow DIR, a folder of the operators' public *.key files")
+        try:
+            _public, secret = load_certificate(str(self.curve_secret))
+        except (OSError, ValueError) as e:
+            raise StartupError(f"cannot read --curve-secret {self.curve_secret}: {e}") from None
+        if secret is None:
+            raise StartupError(f"--curve-secret {self.curve_secret} holds no secret key (pass NAME.key_secret)")
+        secrets = sorted(p.name for p in self.curve_allow.glob("*.key_secret"))
+        if secrets:
+            raise StartupError(f"--curve-allow {self.curve_allow} holds secret keys ({', '.join(secrets[:3])}): it is "
+                               f"for operators' public NAME.key files only; keep each secret on its operator's machine")
+        if not any(self.curve_allow.glob("*.key")):
+            raise StartupError(f"--curve-allow {self.curve_allow} holds no public *.key file: no operator could "
+                               f"connect (create one with `edge-gfs keys NAME` and copy NAME.key there)")

@@ -31,6 +31,33 @@ from edge_gfs.wire import protocol as P
 log = logging.getLogger("edge_gfs.node")
 
 
+class OperatorKeys:
+    """The CURVE keys allowed on the teach socket (--curve-allow DIR), as a zmq.auth credentials provider.
+
+    Why not configure_curve(location=...): pyzmq logs a refused key at debug level only, so an operator with
+    the wrong key saw silence on both ends. Here every refusal is a warning naming the key (rate-limited).
+    """
+
+    def __init__(self, folder) -> None:
+        from zmq.auth import load_certificates
+        self.folder = folder
+        self.keys: set[bytes] = set(load_certificates(str(folder)))
+        self.denied = 0
+        self._last_log = 0.0
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.keys:
+            return True
+        self.denied += 1
+        now = time.monotonic()
+        if now - self._last_log > 5.0:
+            self._last_log = now
+            log.warning("teach: refused a CURVE client whose public key %s is not in --curve-allow %s (%d refusals "
+                        "so far); to allow it, copy the operator's NAME.key there and restart", key.decode(errors="replace")[:40],
+                        self.folder, self.denied)
+        return False
+
+
 class Node:
     """Owns its context, sockets and threads from construction to close(); `run()` blocks until stopped.
 
@@ -86,19 +113,14 @@ class Node:
             return
         from zmq.auth import load_certificate
         from zmq.auth.thread import ThreadAuthenticator
-        try:
-            public, secret = load_certificate(str(cfg.curve_secret))
-        except (OSError, ValueError) as e:
-            raise StartupError(f"cannot read --curve-secret {cfg.curve_secret}: {e}") from None
-        if secret is None:
-            raise StartupError(f"--curve-secret {cfg.curve_secret} holds no secret key (pass NAME.key_secret)")
+        public, secret = load_certificate(str(cfg.curve_secret))  # NodeConfig.check read it already
+        allowed = OperatorKeys(cfg.curve_allow)
         self.auth = ThreadAuthenticator(self.ctx)
         self.auth.start()
-        self.auth.configure_curve(domain="*", location=str(cfg.curve_allow))
+        self.auth.configure_curve_callback(domain="*", credentials_provider=allowed)
         self.router.curve_publickey, self.router.curve_secretkey = public, secret
         self.router.curve_server = True
-        log.info("teach socket uses CURVE; operators allowed: %d keys in %s", len(list(cfg.curve_allow.glob("*.key"))),
-                 cfg.curve_allow)
+        log.info("teach socket uses CURVE; operators allowed: %d keys in %s", len(allowed.keys), cfg.curve_allow)
 
     def _input(self, source: Source | None) -> ZmqFrameReader | SourceReader:
         if source is not None:
@@ -186,7 +208,7 @@ class Node:
         self.pub.close(0)
         self.router.close(0)
         if isinstance(self.reader, ZmqFrameReader) and not self.reader.is_alive():
-            self.reader.sock.close(0)
+            self.reader.close()
         self.ctx.destroy(0)
 
     # -- per frame --------------------------------------------------------------------------------------------
@@ -224,11 +246,11 @@ class Node:
         self.pub.send_multipart([topic, P.pack(msg)], copy=False)
 
     def status(self) -> dict:
-        r = self.reader
-        overwritten, gaps, resets = self.slot.overwritten, getattr(r, "seq_gaps", 0), getattr(r, "seq_resets", 0)
-        return {"v": P.VERSION, "model": self.model_name, "backend": self.backend, **self.stats.summary(),
-                "drops": overwritten + gaps, "drops_overwritten": overwritten, "drops_seq_gap": gaps, "seq_resets": resets,
-                "bad_frames": self.bad_frames + getattr(r, "bad", 0), "errors": self.errors,
+        inp = self.reader.status()
+        overwritten, bad = self.slot.overwritten, inp.pop("bad_messages")
+        return {"v": P.VERSION, "model": self.model_name, "backend": self.backend, **self.stats.summary(), **inp,
+                "drops": overwritten + inp["drops_seq_gap"], "drops_overwritten": overwritten,
+                "bad_frames": self.bad_frames + bad, "errors": self.errors,
                 "classes_version": self.snapshot.version, "threads": torch.get_num_threads(),
                 "uptime_s": round(time.monotonic() - self.started, 1), "input": self.cfg.input_label,
                 "input_hw": list(self.seg.cfg.input_hw)}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from edge_gfs.node.sources import Pacer, Source
 from edge_gfs.wire import protocol as P
@@ -69,32 +70,110 @@ class LatestSlot:
 # not frames lost on the way. Why bounded: counting 2^64-1 -> 0 -> 2^64-1 as gaps pushed `drops` past uint64,
 # and packing the status message then killed the node (issue 13).
 MAX_SEQ_GAP = 18_000
+MAX_STREAMS = 64  # frame_ids whose last seq is remembered; a publisher inventing ids cannot grow memory
+
+
+class SeqCounter:
+    """Frames lost before they reached the node, counted per stream (frame_id), never by blind subtraction.
+
+    Two cameras on one SUB, or one that restarts at seq 0, are not losses: each frame_id keeps its own last
+    seq, and a seq that goes back or jumps past MAX_SEQ_GAP counts as a reset instead of a gap.
+    """
+
+    def __init__(self) -> None:
+        self.gaps = 0
+        self.resets = 0
+        self._last: dict[str, int] = {}
+
+    def add(self, stream: str, seq: int) -> None:
+        last = self._last.pop(stream, None)  # pop + insert keeps the dict in least-recently-seen order
+        if last is not None and seq != last + 1:
+            gap = seq - last - 1
+            if 0 < gap <= MAX_SEQ_GAP:
+                self.gaps += gap
+            else:
+                self.resets += 1
+        self._last[stream] = seq
+        if len(self._last) > MAX_STREAMS:
+            del self._last[next(iter(self._last))]
+
+
+# libzmq drops a connection that sent a message over ZMQ_MAXMSGSIZE as a protocol error and, unlike after a
+# publisher restart, never reconnects it: one oversized frame left the node deaf for good (issue 13). The
+# reader watches its SUB with a monitor and re-creates it on a disconnect, or after IDLE_RESUBSCRIBE_S without
+# a frame (a backstop for any other way a connection can die quietly).
+IDLE_RESUBSCRIBE_S = 5.0
+_WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+def _close_monitored(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+    if not sock.closed:
+        sock.disable_monitor()
+        sock.close(0)
+    monitor.close(0)
 
 
 class ZmqFrameReader(threading.Thread):
     """SUB to a frame publisher; validates headers (cheap) and keeps only the newest frame in the slot."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, slot: LatestSlot, stop: threading.Event,
-                 limits: P.Limits = P.LIMITS) -> None:
+                 limits: P.Limits = P.LIMITS, idle_resubscribe_s: float = IDLE_RESUBSCRIBE_S) -> None:
         super().__init__(name="frames", daemon=True)
-        self.sock = ctx.socket(zmq.SUB)  # created here, used only by this thread from run() on
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_frame_bytes * P.SOCKET_SLACK)
-        self.sock.setsockopt(zmq.RCVHWM, 4)
-        self.sock.setsockopt(zmq.SUBSCRIBE, P.TOPIC_FRAME)
-        self.sock.connect(endpoint)
+        self.ctx, self.endpoint, self.idle_resubscribe_s = ctx, endpoint, idle_resubscribe_s
         self.slot, self.stop, self.limits = slot, stop, limits
         self.bad = 0
-        self.seq_gaps = 0  # frames missing between consecutive seqs (lost before they reached the node)
-        self.seq_resets = 0  # seq went back, or jumped past MAX_SEQ_GAP: a restarted publisher, not lost frames
-        self._last_seq: int | None = None
+        self.seqs = SeqCounter()
+        self.resubscribes = 0  # SUB sockets re-created after a dropped connection or a silence
+        self.last_frame: float | None = None  # time.time() of the last good frame, for status
         self._last_log = 0.0
+        self.sock, self.monitor = self._open()  # created here, used only by this thread from run() on
+
+    def _open(self) -> tuple[zmq.Socket, zmq.Socket]:
+        sock = self.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes * P.SOCKET_SLACK)
+        sock.setsockopt(zmq.RCVHWM, 4)
+        sock.setsockopt(zmq.SUBSCRIBE, P.TOPIC_FRAME)
+        monitor = sock.get_monitor_socket(_WATCHED)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError:
+            _close_monitored(sock, monitor)
+            raise
+        return sock, monitor
+
+    def close(self) -> None:
+        """Close the sockets (run() does it on exit; Node.close() calls this for a reader that never started)."""
+        _close_monitored(self.sock, self.monitor)
+
+    def _resubscribe(self, why: str, level: int = logging.WARNING) -> None:
+        log.log(level, "frames from %s: %s; subscribing again", self.endpoint, why)
+        self.close()
+        self.sock, self.monitor = self._open()
+        self.resubscribes += 1
 
     def run(self) -> None:
+        quiet_since = time.monotonic()
         try:
             while not self.stop.is_set():
-                if not self.sock.poll(100):
+                poller = zmq.Poller()
+                poller.register(self.sock, zmq.POLLIN)
+                poller.register(self.monitor, zmq.POLLIN)
+                ready = dict(poller.poll(100))
+                if self.monitor in ready and self._dropped():
+                    self._resubscribe(f"the connection was dropped (a message over the socket's "
+                                      f"{self.sock.getsockopt(zmq.MAXMSGSIZE):,}-byte limit, or the publisher left)")
+                    quiet_since = time.monotonic()
                     continue
+                if self.sock not in ready:
+                    if time.monotonic() - quiet_since > self.idle_resubscribe_s:
+                        if self.last_frame is not None:  # warn once per silence, not every few seconds
+                            silent = time.time() - self.last_frame
+                            self._resubscribe(f"no frame for {silent:.0f} s", logging.WARNING
+                                              if silent < 2 * self.idle_resubscribe_s else logging.DEBUG)
+                        quiet_since = time.monotonic()
+                    continue
+                quiet_since = time.monotonic()
                 while True:
                     try:
                         parts = self.sock.recv_multipart(zmq.NOBLOCK)
@@ -102,7 +181,15 @@ class ZmqFrameReader(threading.Thread):
                         break
                     self._take(parts)
         finally:
-            self.sock.close(0)
+            self.close()
+
+    def _dropped(self) -> bool:
+        """Drain the monitor; True when a connection went down."""
+        dropped = False
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            dropped |= event["event"] == zmq.EVENT_DISCONNECTED
+        return dropped
 
     def _take(self, parts: list[bytes]) -> None:
         now = time.monotonic()
@@ -116,14 +203,26 @@ class ZmqFrameReader(threading.Thread):
                 log.warning("bad frame message ignored (%d so far): %s", self.bad, e)
                 self._last_log = now
             return
-        if self._last_seq is not None and frame.seq != self._last_seq + 1:
-            gap = frame.seq - self._last_seq - 1
-            if 0 < gap <= MAX_SEQ_GAP:
-                self.seq_gaps += gap
-            else:
-                self.seq_resets += 1
-        self._last_seq = frame.seq
+        self.seqs.add(frame.frame_id, frame.seq)
+        self.last_frame = time.time()
         self.slot.put(Arrival(frame, now))
+
+    def status(self) -> dict:
+        return input_status(self.last_frame, self.bad, self.seqs.gaps, self.seqs.resets, self.resubscribes)
+
+
+def input_status(last_frame: float | None, bad: int, gaps: int = 0, resets: int = 0, resubscribes: int = 0) -> dict:
+    """The input's part of the node's status: counters, and since when it has been silent (a robot's watchdog
+    reads `input_state` instead of inferring a dead camera from fps 0)."""
+    idle = None if last_frame is None else round(time.time() - last_frame, 1)
+    if last_frame is None:
+        note = "waiting for the first frame"
+    elif idle < 2.0:
+        note = "receiving"
+    else:
+        note = f"no input since {time.strftime('%H:%M:%S', time.localtime(last_frame))} ({idle:.0f} s)"
+    return {"input_state": note, "input_idle_s": idle, "input_resubscribes": resubscribes, "drops_seq_gap": gaps,
+            "seq_resets": resets, "bad_messages": bad}
 
 
 class SourceReader(threading.Thread):
@@ -135,7 +234,7 @@ class SourceReader(threading.Thread):
         self.source, self.slot, self.stop, self.frame_id = source, slot, stop, frame_id
         self.pacer = Pacer(fps)
         self.bad = 0
-        self.seq_gaps = 0
+        self.last_frame: float | None = None
 
     def run(self) -> None:
         seq = 0
@@ -152,11 +251,15 @@ class SourceReader(threading.Thread):
                     self.bad += 1
                     log.warning("unreadable frame %s skipped: %s", sf.name, e)
                     continue
+                self.last_frame = time.time()
                 self.slot.put(Arrival(frame, time.monotonic()))
                 seq += 1
         finally:
             self.source.close()
             self.slot.end()
+
+    def status(self) -> dict:
+        return input_status(self.last_frame, self.bad)
 
 
 class Stats:

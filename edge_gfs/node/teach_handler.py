@@ -43,6 +43,7 @@ class Teacher:
         self.publish = publish
         self.model_name = model_name
         self.limits = limits
+        self.failures = 0  # internal errors so far: the number in a reply finds its traceback in the log
 
     # -- entry point ------------------------------------------------------------------------------------------
     def handle(self, payload: bytes) -> dict:
@@ -56,9 +57,11 @@ class Teacher:
         except P.RequestError as e:
             log.info("teach %s refused: %s", op, e)
             return P.error_reply(e.code, e.message)
-        except Exception as e:  # a bug must cost one request, not the node
-            log.exception("teach %s failed", op)
-            return P.error_reply(P.INTERNAL, f"{type(e).__name__}: {e}")
+        except Exception:  # a bug must cost one request, not the node
+            self.failures += 1
+            log.exception("teach %s failed (internal error #%d); nothing changed", op, self.failures)
+            return P.error_reply(P.INTERNAL, f"the node could not handle this {op} request and changed nothing; its "
+                                             f"log has the details (internal error #{self.failures})")
         if op in ("teach", "forget", "import"):
             log.info("%s %s -> version %s in %.0f ms", op, getattr(req, "name", "") or "", reply.get("version"),
                      (time.perf_counter() - t0) * 1000)

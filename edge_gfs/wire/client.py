@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from edge_gfs.wire import protocol as P
 
@@ -195,6 +196,11 @@ def shot_bytes(shot: Shotlike) -> P.ShotBytes:
     return P.ShotBytes(image=_png(image), mask=_png(mask, mask=True), labels=None if labels is None else _png(labels))
 
 
+# what a teach client's monitor watches, to say why a request got no reply
+_DIAGNOSED = (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+
 class TeachClient:
     """REQ (or DEALER) to a node's teach socket. Methods raise TeachError on a refusal, TeachTimeout on silence."""
 
@@ -222,7 +228,29 @@ class TeachClient:
         self.sock = _socket(self.ctx, zmq.DEALER if self.dealer else zmq.REQ, 64 << 20)
         if self.curve is not None:
             self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = self.curve
+        self.monitor = self.sock.get_monitor_socket(_DIAGNOSED)
         self.sock.connect(self.endpoint)
+
+    def _close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
+        self.sock.close(0)
+
+    def _why_silent(self, timeout: float) -> str:
+        """Why no reply came, from what the socket saw: no listener, a refused key, or a node that is busy."""
+        seen = set()
+        while self.monitor.poll(0):
+            seen.add(recv_monitor_message(self.monitor)["event"])
+        if zmq.EVENT_HANDSHAKE_FAILED_AUTH in seen:
+            return (f"the node at {self.endpoint} refused our CURVE key: ask its operator to copy our NAME.key into "
+                    f"the node's --curve-allow folder")
+        if zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL in seen or (zmq.EVENT_CONNECTED in seen and self.curve is not None
+                                                           and zmq.EVENT_HANDSHAKE_SUCCEEDED not in seen):
+            return (f"connected to {self.endpoint} but the CURVE handshake failed: is --curve-server-key that "
+                    f"node's public NAME.key, and does it run with --curve-secret?")
+        if zmq.EVENT_CONNECTED not in seen and zmq.EVENT_HANDSHAKE_SUCCEEDED not in seen:
+            return f"no reply from {self.endpoint} within {timeout:g} s: is `edge-gfs run` running there?"
+        return f"the node at {self.endpoint} did not reply within {timeout:g} s (busy? try a longer timeout)"
 
     def request(self, msg: dict | bytes, timeout_s: float | None = None) -> dict:
         """Send one request (a map, or raw bytes to test the node's checks) and return the reply map."""
@@ -233,9 +261,10 @@ class TeachClient:
         else:
             self.sock.send(payload)
         if not self.sock.poll(int(timeout * 1000)):
-            self.sock.close(0)  # a REQ that missed its reply cannot send again: start over
+            why = self._why_silent(timeout)
+            self._close()  # a REQ that missed its reply cannot send again: start over
             self._open()
-            raise TeachTimeout(f"no reply from {self.endpoint} within {timeout:g} s: is `edge-gfs run` running there?")
+            raise TeachTimeout(why)
         parts = self.sock.recv_multipart()
         return P.unpack_map(parts[-1], "reply")
 
@@ -284,7 +313,7 @@ class TeachClient:
 
     def close(self) -> None:
         if self.sock is not None:
-            self.sock.close(0)
+            self._close()
             self.sock = None
 
     def __enter__(self) -> "TeachClient":

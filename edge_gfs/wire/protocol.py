@@ -52,7 +52,8 @@ class Limits:
     max_shots_per_class: int = 64
     max_novel_classes: int = 100
     max_image_side: int = 8192
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = 4096 * 4096  # a teach/preview image
+    max_frame_pixels: int = 1920 * 1200  # a streamed frame: decode + upsample cost stays a few normal frames'
     max_name_chars: int = 64
     max_frame_id_chars: int = 256
 
@@ -61,11 +62,26 @@ LIMITS = Limits()
 SOCKET_SLACK = 2  # socket MAXMSGSIZE = SOCKET_SLACK x the protocol cap
 
 
+MAX_MESSAGE_CHARS = 300  # an error message (reply and log line) never carries more, whatever the client sent
+
+
+def clip(value: object, chars: int = 40) -> str:
+    """repr() of client input, cut to `chars`: replies and logs name what was wrong without echoing it back."""
+    text = repr(value) if not isinstance(value, (bytes, bytearray)) else f"<{len(value)} bytes>"
+    return text if len(text) <= chars else f"{text[:chars]}... ({len(text)} chars)"
+
+
 class RequestError(Exception):
-    """A refusal with a contract error code; the node turns it into {"ok": false, "error": {...}}."""
+    """A refusal with a contract error code; the node turns it into {"ok": false, "error": {...}}.
+
+    The message is cut to MAX_MESSAGE_CHARS here, once, so no code path can turn a 60 MB request into a 60 MB
+    reply or log line (issue 13: an echoed unknown `op` did exactly that).
+    """
 
     def __init__(self, code: str, message: str) -> None:
         assert code in ERROR_CODES, code
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -76,12 +92,30 @@ def pack(msg: dict) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 
+def _msgpack_problem(e: Exception) -> str:
+    """What a user can fix, from msgpack's exception (whose own texts are terse and sometimes empty)."""
+    if isinstance(e, msgpack.ExtraData):
+        return "has bytes after its first msgpack object (send one map per message)"
+    if isinstance(e, msgpack.StackError):
+        return "nests msgpack containers too deeply"
+    if isinstance(e, msgpack.FormatError):
+        return "is not msgpack (an invalid type byte)"
+    if isinstance(e, UnicodeDecodeError):
+        return "has a msgpack string that is not UTF-8 (send binary data as bin, not str)"
+    text = str(e)
+    if "incomplete" in text or isinstance(e, msgpack.OutOfData):
+        return "ends in the middle of a msgpack object (truncated?)"
+    if "map key" in text:
+        return "has a map key that is not a string"
+    return f"is not valid msgpack ({type(e).__name__})"
+
+
 def unpack_map(data: bytes, what: str = "message") -> dict:
     """msgpack bytes -> dict with str keys; anything else is a bad_request, never an exception of msgpack's."""
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises a zoo of types for garbage input
-        raise RequestError(BAD_REQUEST, f"{what} is not valid msgpack ({type(e).__name__})") from None
+        raise RequestError(BAD_REQUEST, f"{what} {_msgpack_problem(e)}") from None
     if not isinstance(obj, dict):
         raise RequestError(BAD_REQUEST, f"{what} must be a msgpack map, got {type(obj).__name__}")
     return obj
@@ -137,70 +171,120 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    # libpng insists that IHDR is the first chunk, so its size is the size the decoder will allocate
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+# JPEG markers that carry no length (libjpeg's read_markers): TEM and RST0..7; SOI is only valid first
+_JPEG_BARE = {0x01, *range(0xD0, 0xD8)}
+# start-of-frame markers hold the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames
+_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size libjpeg will decode, found the way libjpeg finds it.
+
+    Why mirror libjpeg and not the file format: libjpeg's next_marker() skips stray bytes before a marker
+    (with a warning) and skips FF/00 pairs, so a parser that stops at the first unexpected byte reads no size
+    while libjpeg goes on to allocate a 65000x65000 image (issue 13: a 630-byte file cost 5 GB). Anything
+    libjpeg would reject (a marker length < 2, scan data before a frame header, EOI first) is None here.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    while True:
+        while i < n and data[i] != 0xFF:  # libjpeg: "extraneous bytes before marker", skipped
+            i += 1
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker == 0x00:  # a stuffed FF/00 pair: not a marker, libjpeg discards it and searches on
+            continue
+        if marker in _JPEG_BARE:
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):  # a second SOI, EOI or scan data before any frame header
+            return None
+        if i + 2 > n:
+            return None
+        seg_len = struct.unpack(">H", data[i:i + 2])[0]
+        if seg_len < 2:
+            return None
+        if marker in _JPEG_SOF:
+            if i + 7 > n:
+                return None
+            h, w = struct.unpack(">HH", data[i + 3:i + 7])
+            return w, h
+        i += seg_len
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG or JPEG header without decoding: lets the node refuse a decompression bomb
-    before allocating its pixels. None when the header cannot be read (the decoder then reports it)."""
+    before allocating its pixels. None when no size can be read; callers then refuse the image unread."""
     fmt = image_format(data)
     if fmt == "png":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            return None
-        w, h = struct.unpack(">II", data[16:24])
-        return w, h
+        return _png_size(data)
     if fmt == "jpeg":
-        i, n = 2, len(data)
-        while i + 4 <= n:
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
-                i += 2
-                continue
-            seg_len = struct.unpack(">H", data[i + 2:i + 4])[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
-                if i + 9 > n:
-                    return None
-                h, w = struct.unpack(">HH", data[i + 5:i + 9])
-                return w, h
-            i += 2 + seg_len
+        return _jpeg_size(data)
     return None
 
 
-def _check_dims(w: int, h: int, what: str, limits: Limits) -> None:
+def _check_dims(w: int, h: int, what: str, limits: Limits, max_pixels: int | None = None) -> None:
+    max_pixels = max_pixels or limits.max_image_pixels
     if w <= 0 or h <= 0:
         raise RequestError(BAD_IMAGE, f"{what} has size {w}x{h}")
-    if w > limits.max_image_side or h > limits.max_image_side or w * h > limits.max_image_pixels:
-        raise RequestError(TOO_LARGE, f"{what} is {w}x{h}; the node takes at most {limits.max_image_pixels} pixels "
+    if w > limits.max_image_side or h > limits.max_image_side or w * h > max_pixels:
+        raise RequestError(TOO_LARGE, f"{what} is {w}x{h}; the node takes at most {max_pixels} pixels "
                                       f"and {limits.max_image_side} per side")
 
 
 def _check_encoded(data: bytes, what: str, code: str, formats: tuple[str, ...], limits: Limits,
-                   wrong_format: str) -> None:
-    """Type, format and header size before decoding, so a huge or foreign payload is refused unread."""
+                   wrong_format: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """Type, format and header size before decoding, so a huge, foreign or unreadable payload is refused unread.
+    Returns the header's (width, height)."""
     if not isinstance(data, (bytes, bytearray)):
         raise RequestError(BAD_REQUEST, f"{what} must be bytes")
     if image_format(data) not in formats:
         raise RequestError(code, f"{what} {wrong_format}")
     size = header_size(data)
-    if size is not None:
-        _check_dims(size[0], size[1], what, limits)
+    if size is None:
+        raise RequestError(code, f"{what} has no readable size in its header (corrupt or truncated file)")
+    _check_dims(size[0], size[1], what, limits, max_pixels)
+    return size
 
 
-def decode_image(data: bytes, what: str = "image", limits: Limits = LIMITS) -> np.ndarray:
-    """JPEG/PNG bytes -> BGR uint8 (H,W,3)."""
-    _check_encoded(data, what, BAD_IMAGE, ("jpeg", "png"), limits, "is not a JPEG or PNG file")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+def _imdecode(data: bytes, flags: int, what: str, code: str) -> np.ndarray | None:
+    """cv2.imdecode with OpenCV's own refusals (its pixel limit, edge_gfs.DECODER_MAX_PIXELS) as RequestErrors."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        raise RequestError(code, f"{what} was refused by the image decoder (too large or malformed)") from None
+
+
+def decode_image(data: bytes, what: str = "image", limits: Limits = LIMITS, max_pixels: int | None = None,
+                 expect_wh: tuple[int, int] | None = None) -> np.ndarray:
+    """JPEG/PNG bytes -> BGR uint8 (H,W,3). The size is checked from the header before any pixel is decoded;
+    `expect_wh` refuses a header that disagrees with a size the message declared, also before decoding."""
+    w, h = _check_encoded(data, what, BAD_IMAGE, ("jpeg", "png"), limits, "is not a JPEG or PNG file", max_pixels)
+    if expect_wh is not None and (w, h) != tuple(expect_wh):
+        raise RequestError(BAD_IMAGE, f"{what} says {expect_wh[0]}x{expect_wh[1]} but its header says {w}x{h}")
+    img = _imdecode(data, cv2.IMREAD_COLOR, what, BAD_IMAGE)
     if img is None:
         raise RequestError(BAD_IMAGE, f"{what} could not be decoded (corrupt or truncated)")
-    _check_dims(img.shape[1], img.shape[0], what, limits)
+    if (img.shape[1], img.shape[0]) != (w, h):  # cannot happen while the header reader mirrors the decoder
+        raise RequestError(BAD_IMAGE, f"{what} decodes to {img.shape[1]}x{img.shape[0]}, its header says {w}x{h}")
     return img
 
 
 def _decode_png(data: bytes, what: str, code: str, limits: Limits) -> np.ndarray:
     _check_encoded(data, what, code, ("png",), limits, "must be a PNG file (lossless)")
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    arr = _imdecode(data, cv2.IMREAD_UNCHANGED, what, code)
     if arr is None:
         raise RequestError(code, f"{what} could not be decoded (corrupt or truncated PNG)")
     return arr
@@ -272,14 +356,14 @@ def parse_frame(payload: bytes, limits: Limits = LIMITS) -> Frame:
         raise RequestError(BAD_REQUEST, f"frame version {v} is not supported (this node speaks v{VERSION})")
     enc = _get(msg, "encoding", str, what=w)
     if enc not in FRAME_ENCODINGS:
-        raise RequestError(BAD_REQUEST, f"frame encoding {enc!r} is not one of {', '.join(FRAME_ENCODINGS)}")
+        raise RequestError(BAD_REQUEST, f"frame encoding {clip(enc)} is not one of {', '.join(FRAME_ENCODINGS)}")
     frame = Frame(seq=_get(msg, "seq", int, what=w), stamp_ns=_get(msg, "stamp_ns", int, what=w),
                   frame_id=_get(msg, "frame_id", str, what=w), encoding=enc,
                   width=_get(msg, "width", int, what=w), height=_get(msg, "height", int, what=w),
                   data=_get(msg, "data", bytes, what=w))
     if len(frame.frame_id) > limits.max_frame_id_chars:
         raise RequestError(BAD_REQUEST, f"frame_id longer than {limits.max_frame_id_chars} characters")
-    _check_dims(frame.width, frame.height, "frame", limits)
+    _check_dims(frame.width, frame.height, "frame", limits, limits.max_frame_pixels)
     if enc in ("bgr8", "rgb8") and len(frame.data) != frame.width * frame.height * 3:
         raise RequestError(BAD_IMAGE, f"{enc} frame of {frame.width}x{frame.height} needs "
                                       f"{frame.width * frame.height * 3} bytes, got {len(frame.data)}")
@@ -295,11 +379,7 @@ def decode_frame(frame: Frame, limits: Limits = LIMITS) -> np.ndarray:
     fmt = image_format(frame.data)
     if fmt != frame.encoding:
         raise RequestError(BAD_IMAGE, f"frame says {frame.encoding} but its data is {fmt or 'neither JPEG nor PNG'}")
-    img = decode_image(frame.data, "frame", limits)
-    if img.shape[:2] != (frame.height, frame.width):
-        raise RequestError(BAD_IMAGE, f"frame says {frame.width}x{frame.height} but decodes to "
-                                      f"{img.shape[1]}x{img.shape[0]}")
-    return img
+    return decode_image(frame.data, "frame", limits, limits.max_frame_pixels, (frame.width, frame.height))
 
 
 def make_frame(image: np.ndarray | None = None, data: bytes | None = None, encoding: str = "jpeg", seq: int = 0,
@@ -422,7 +502,7 @@ def parse_request(payload: bytes, limits: Limits = LIMITS) -> Request:
     msg = unpack_map(payload, "request")
     op = _get(msg, "op", str, what="request")
     if op not in OPS:
-        raise RequestError(BAD_REQUEST, f"unknown op {op!r}; ops: {', '.join(OPS)}")
+        raise RequestError(BAD_REQUEST, f"unknown op {clip(op)}; ops: {', '.join(OPS)}")
     if op in ("ping", "list", "export"):
         return Request(op=op)
     if op == "import":
