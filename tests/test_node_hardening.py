@@ -192,3 +192,61 @@ def test_log_file_rotates(tmp_path):
     files = sorted(p.name for p in log.parent.iterdir())
     assert "node.log.1" in files and len(files) <= 4, files
     assert all(p.stat().st_size <= 4096 for p in log.parent.iterdir())
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_a_subscription_flood_on_the_labels_socket_does_not_grow_the_node(wire):
+    """A PUB keeps every topic asked for: 250 random 60 KB subscriptions once grew the node by 574 MB, for good.
+    The labels XPUB now keeps only prefixes of its own topics and drops connections with longer ones."""
+    import zmq
+    rng = np.random.default_rng(0)
+    before = rss_mb(wire.node.proc.pid)
+    ctx = zmq.Context()
+    try:
+        for _ in range(5):
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(wire.node.labels)
+            for _ in range(50):
+                s.setsockopt(zmq.SUBSCRIBE, rng.bytes(60_000))
+            for _ in range(500):
+                s.setsockopt(zmq.SUBSCRIBE, rng.bytes(30))
+            time.sleep(1.0)
+            s.close(0)
+    finally:
+        ctx.term()
+    time.sleep(1.0)
+    assert rss_mb(wire.node.proc.pid) - before < 100
+    assert wire.sub.next("classes", 10) is not None  # the real subscriber still gets its topics
+    assert "ignored" in wire.node.log_text()
+
+
+def test_a_teach_over_the_pixel_budget_is_refused_from_headers(wire):
+    """16 shots of 4096x4096 were each decoded before the request was refused (1 GB, 4 s)."""
+    big = P.encode_png(np.zeros((4096, 4096, 3), np.uint8))
+    mask = P.encode_png(np.full((4096, 4096), 255, np.uint8))
+    reply = wire.teach.request({"op": "teach", "name": "Huge", "shots": [{"image": big, "mask": mask}] * 3})
+    assert reply["error"]["code"] == P.TOO_LARGE and "pixels together" in reply["error"]["message"], reply
+    small = P.encode_png(np.zeros((64, 64), np.uint8))
+    reply = wire.teach.request({"op": "teach", "name": "Huge", "shots": [{"image": big, "mask": small}]})
+    assert reply["error"]["code"] == P.BAD_MASK and "must match" in reply["error"]["message"], reply
+
+
+def test_a_jpeg_with_an_exif_rotation_is_segmented_at_its_stored_size(wire, data):
+    """OpenCV applied the EXIF orientation, so the decoded size disagreed with the header and every such frame
+    from a phone-like camera was refused."""
+    import io
+
+    from PIL import Image
+    img, _ = data.read("test", data.names("test")[2])
+    exif = Image.Exif()
+    exif[274] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    Image.fromarray(img[:, :, ::-1]).save(buf, "JPEG", exif=exif.tobytes())
+    assert segment_via(wire.pub, wire.sub, data=buf.getvalue(), encoding="jpeg").labels.shape == (360, 480)

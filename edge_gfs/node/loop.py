@@ -31,6 +31,18 @@ from edge_gfs.wire import protocol as P
 log = logging.getLogger("edge_gfs.node")
 
 
+# A plain PUB keeps every topic any subscriber asks for: 2,000 random 60 KB topics took a node from 0.8 to 3.6 GB
+# and stayed after the client left (issue 13). The labels socket is an XPUB in manual mode instead; it keeps only
+# subscriptions to a prefix of its own topics, a set of a few dozen short strings, so memory stays bounded.
+TOPICS = (P.TOPIC_LABELS, P.TOPIC_CLASSES, P.TOPIC_STATUS)
+MAX_SUBSCRIPTION_BYTES = 64  # a subscription to one of TOPICS is 8-17 bytes on the wire; longer drops that connection
+
+
+def wanted_topic(topic: bytes) -> bool:
+    """True for "" (everything) and any prefix of a topic the node publishes."""
+    return any(t.startswith(topic) for t in TOPICS)
+
+
 class OperatorKeys:
     """The CURVE keys allowed on the teach socket (--curve-allow DIR), as a zmq.auth credentials provider.
 
@@ -75,12 +87,15 @@ class Node:
         self.snapshot: Snapshot = snapshot_of(seg, registry)
         self.teacher = Teacher(seg, registry, store, self._swap, cfg.model, self.limits)
         self.bad_frames = 0
+        self._last_bad_log = 0.0
         self.errors = 0
         self.started = time.monotonic()
         self.ctx = zmq.Context()
         self.auth = None
-        self.pub = self._socket(zmq.PUB, 1 << 16)  # inbound on a PUB: subscriptions only
+        self.pub = self._socket(zmq.XPUB, MAX_SUBSCRIPTION_BYTES)  # inbound: subscriptions only
         self.pub.setsockopt(zmq.SNDHWM, 100)
+        self.pub.setsockopt(zmq.XPUB_MANUAL, 1)  # _serve_subscriptions decides which ones libzmq keeps
+        self.refused_subscriptions = 0
         self.router = self._socket(zmq.ROUTER, self.limits.max_teach_bytes * P.SOCKET_SLACK)
         self.reader: ZmqFrameReader | SourceReader | None = None
         try:
@@ -165,6 +180,7 @@ class Node:
                  self.cfg.labels, self.cfg.teach, self.cfg.input_label, self.snapshot.version)
         try:
             while not self.stop.is_set():
+                self._serve_subscriptions()
                 now = time.monotonic()
                 snap = self.snapshot
                 if snap.version != published_version or now >= next_classes:
@@ -219,7 +235,9 @@ class Node:
             bgr = P.decode_frame(frame, self.limits)
         except P.RequestError as e:
             self.bad_frames += 1
-            log.warning("frame %d not decodable: %s", frame.seq, e)
+            if time.monotonic() - self._last_bad_log > 5.0:  # a hostile publisher must not fill the disk
+                self._last_bad_log = time.monotonic()
+                log.warning("frame %d not decodable (%d so far): %s", frame.seq, self.bad_frames, e)
             return
         t1 = time.perf_counter()
         rgb = to_input([bgr], seg.cfg.input_hw)
@@ -241,6 +259,25 @@ class Node:
         """Send the class list; returns the version now published and when to repeat it."""
         self._send(P.TOPIC_CLASSES, P.classes_message(snap.version, snap.classes))
         return snap.version, now + self.cfg.classes_period
+
+    def _serve_subscriptions(self) -> None:
+        """Apply the subscriptions and unsubscriptions that name our topics; drop the rest (stream thread)."""
+        while True:
+            try:
+                msg = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not msg or msg[0] not in (0, 1):
+                continue
+            topic = msg[1:]
+            if wanted_topic(topic):
+                self.pub.setsockopt(zmq.SUBSCRIBE if msg[0] == 1 else zmq.UNSUBSCRIBE, topic)
+            elif msg[0] == 1:
+                self.refused_subscriptions += 1
+                if self.refused_subscriptions == 1 or self.refused_subscriptions % 1000 == 0:
+                    log.warning("--labels: ignored %d subscriptions to topics the node does not publish (%s ...); "
+                                "its topics are %s", self.refused_subscriptions, P.clip(topic, 20),
+                                ", ".join(t.decode() for t in TOPICS))
 
     def _send(self, topic: bytes, msg: dict) -> None:
         self.pub.send_multipart([topic, P.pack(msg)], copy=False)

@@ -196,14 +196,15 @@ class ZmqFrameReader(threading.Thread):
         try:
             if len(parts) != 2 or parts[0] != P.TOPIC_FRAME:
                 raise P.RequestError(P.BAD_REQUEST, f"expected [b'frame', payload], got {len(parts)} parts")
-            frame = P.parse_frame(parts[1], self.limits)
+            frame = P.read_frame(parts[1], self.limits)
+            self.seqs.add(frame.frame_id, frame.seq)  # it arrived: refused below is `bad`, not a gap as well
+            P.check_frame(frame, self.limits)
         except P.RequestError as e:
             self.bad += 1
             if now - self._last_log > 5.0:
                 log.warning("bad frame message ignored (%d so far): %s", self.bad, e)
                 self._last_log = now
             return
-        self.seqs.add(frame.frame_id, frame.seq)
         self.last_frame = time.time()
         self.slot.put(Arrival(frame, now))
 

@@ -87,9 +87,11 @@ class Teacher:
 
     def _op_preview(self, req: P.Request) -> dict:
         reg = self.registry
-        image = P.decode_image(req.image, "preview image", self.limits)
+        size = P.image_size(req.image, "preview image", self.limits, self.limits.max_frame_pixels)  # a frame's size
         cid, _new = reg.target_for(req.name, limits=self.limits)
-        trial = reg.with_shots(req.name, cid, self.make_shots(req.shots, cid), limits=self.limits)
+        shots = self.make_shots(req.shots, cid, also=(size,))
+        image = P.decode_image(req.image, "preview image", self.limits, self.limits.max_frame_pixels)
+        trial = reg.with_shots(req.name, cid, shots, limits=self.limits)
         clf = self._classifier(trial)
         feats = self.seg.features(to_input([image], self.seg.cfg.input_hw))
         labels = self.seg.label_maps(self.seg.logits(feats, clf), image.shape[:2], clf)[0]
@@ -104,15 +106,18 @@ class Teacher:
         return {"ok": True, "version": self.registry.version, "classes": self.registry.classes()}
 
     # -- helpers ----------------------------------------------------------------------------------------------
-    def make_shots(self, shots: tuple[P.ShotBytes, ...], class_id: int) -> list[Shot]:
-        """Decode and check every shot first (a bad one refuses the request before any forward pass)."""
-        decoded = []
-        for k, s in enumerate(shots):
-            image = P.decode_image(s.image, f"shot {k} image", self.limits)
-            mask = P.decode_mask(s.mask, image.shape[:2], f"shot {k} mask", self.limits)
-            labels = None if s.labels is None else P.decode_label_map(s.labels, image.shape[:2], f"shot {k} labels",
-                                                                       self.limits)
-            decoded.append((image, mask, labels))
+    def make_shots(self, shots: tuple[P.ShotBytes, ...], class_id: int,
+                   also: tuple[tuple[int, int], ...] = ()) -> list[Shot]:
+        """Check every shot before any forward pass, cheapest checks first: the sizes of all images from their
+        headers (with `also`, the request's other images) against the request's pixel budget, then masks and
+        label maps (a bad mask refuses the request before an image is decoded), then the images."""
+        sizes = [P.image_size(s.image, f"shot {k} image", self.limits) for k, s in enumerate(shots)]
+        P.check_request_pixels(sizes + list(also), self.limits)
+        masks = [(P.decode_mask(s.mask, (h, w), f"shot {k} mask", self.limits),
+                  None if s.labels is None else P.decode_label_map(s.labels, (h, w), f"shot {k} labels", self.limits))
+                 for k, (s, (w, h)) in enumerate(zip(shots, sizes))]
+        decoded = [(P.decode_image(s.image, f"shot {k} image", self.limits, expect_wh=size), mask, labels)
+                   for k, (s, size, (mask, labels)) in enumerate(zip(shots, sizes, masks))]
         try:  # decode_mask/decode_label_map above refused bad masks, naming the shot; one batched pass here
             return self.seg.make_shots(decoded, class_id)
         except ValueError as e:

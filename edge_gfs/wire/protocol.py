@@ -53,7 +53,8 @@ class Limits:
     max_novel_classes: int = 100
     max_image_side: int = 8192
     max_image_pixels: int = 4096 * 4096  # a teach/preview image
-    max_frame_pixels: int = 1920 * 1200  # a streamed frame: decode + upsample cost stays a few normal frames'
+    max_frame_pixels: int = 1920 * 1200  # a streamed frame or a preview: decode + upsample stay a few frames' cost
+    max_request_pixels: int = 2 * 4096 * 4096  # all images of one teach/preview request together
     max_name_chars: int = 64
     max_frame_id_chars: int = 256
 
@@ -271,10 +272,10 @@ def decode_image(data: bytes, what: str = "image", limits: Limits = LIMITS, max_
                  expect_wh: tuple[int, int] | None = None) -> np.ndarray:
     """JPEG/PNG bytes -> BGR uint8 (H,W,3). The size is checked from the header before any pixel is decoded;
     `expect_wh` refuses a header that disagrees with a size the message declared, also before decoding."""
-    w, h = _check_encoded(data, what, BAD_IMAGE, ("jpeg", "png"), limits, "is not a JPEG or PNG file", max_pixels)
+    w, h = image_size(data, what, limits, max_pixels)
     if expect_wh is not None and (w, h) != tuple(expect_wh):
         raise RequestError(BAD_IMAGE, f"{what} says {expect_wh[0]}x{expect_wh[1]} but its header says {w}x{h}")
-    img = _imdecode(data, cv2.IMREAD_COLOR, what, BAD_IMAGE)
+    img = _imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION, what, BAD_IMAGE)  # the header's size
     if img is None:
         raise RequestError(BAD_IMAGE, f"{what} could not be decoded (corrupt or truncated)")
     if (img.shape[1], img.shape[0]) != (w, h):  # cannot happen while the header reader mirrors the decoder
@@ -282,21 +283,21 @@ def decode_image(data: bytes, what: str = "image", limits: Limits = LIMITS, max_
     return img
 
 
-def _decode_png(data: bytes, what: str, code: str, limits: Limits) -> np.ndarray:
-    _check_encoded(data, what, code, ("png",), limits, "must be a PNG file (lossless)")
+def _decode_png(data: bytes, what: str, code: str, limits: Limits, image_hw: tuple[int, int]) -> np.ndarray:
+    """A mask or label map: refused unread unless its header says exactly the image's size."""
+    w, h = _check_encoded(data, what, code, ("png",), limits, "must be a PNG file (lossless)")
+    if (h, w) != tuple(image_hw):
+        raise RequestError(code, f"{what} is {w}x{h} but the image is {image_hw[1]}x{image_hw[0]}: they must match")
     arr = _imdecode(data, cv2.IMREAD_UNCHANGED, what, code)
-    if arr is None:
+    if arr is None or arr.shape[:2] != (h, w):
         raise RequestError(code, f"{what} could not be decoded (corrupt or truncated PNG)")
     return arr
 
 
 def decode_mask(data: bytes, image_hw: tuple[int, int], what: str = "mask", limits: Limits = LIMITS) -> np.ndarray:
     """PNG -> bool (H,W), True = the taught class. Any channel nonzero counts, so an RGB(A) paint works too."""
-    arr = _decode_png(data, what, BAD_MASK, limits)
+    arr = _decode_png(data, what, BAD_MASK, limits, image_hw)
     mask = arr != 0 if arr.ndim == 2 else np.any(arr != 0, axis=2)
-    if mask.shape != tuple(image_hw):
-        raise RequestError(BAD_MASK, f"{what} is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                                     f"{image_hw[1]}x{image_hw[0]}: they must match")
     problem = mask_problem(mask, what)
     if problem:
         raise RequestError(BAD_MASK, problem)
@@ -305,13 +306,24 @@ def decode_mask(data: bytes, image_hw: tuple[int, int], what: str = "mask", limi
 
 def decode_label_map(data: bytes, image_hw: tuple[int, int], what: str = "labels", limits: Limits = LIMITS) -> np.ndarray:
     """PNG -> uint8 (H,W) class ids (255 = ignore): the optional full label map of a shot."""
-    arr = _decode_png(data, what, BAD_MASK, limits)
+    arr = _decode_png(data, what, BAD_MASK, limits, image_hw)
     if arr.ndim != 2 or arr.dtype != np.uint8:
         raise RequestError(BAD_MASK, f"{what} must be a single-channel 8-bit PNG of class ids")
-    if arr.shape != tuple(image_hw):
-        raise RequestError(BAD_MASK, f"{what} is {arr.shape[1]}x{arr.shape[0]} but the image is "
-                                     f"{image_hw[1]}x{image_hw[0]}: they must match")
     return arr
+
+
+def image_size(data: bytes, what: str = "image", limits: Limits = LIMITS, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of a JPEG/PNG from its header, within the limits: what a request will cost, before any
+    pixel is decoded."""
+    return _check_encoded(data, what, BAD_IMAGE, ("jpeg", "png"), limits, "is not a JPEG or PNG file", max_pixels)
+
+
+def check_request_pixels(sizes: list[tuple[int, int]], limits: Limits = LIMITS) -> None:
+    """All images of one request together: 16 shots of 4096x4096 once took 1 GB and 4 s just to be refused."""
+    total = sum(w * h for w, h in sizes)
+    if total > limits.max_request_pixels:
+        raise RequestError(TOO_LARGE, f"the request's images hold {total:,} pixels together; at most "
+                                      f"{limits.max_request_pixels:,} (send fewer or smaller shots per request)")
 
 
 def encode_png(arr: np.ndarray) -> bytes:
@@ -347,6 +359,12 @@ def frame_message(frame: Frame) -> dict:
 
 def parse_frame(payload: bytes, limits: Limits = LIMITS) -> Frame:
     """Validate a `frame` payload (cheap: no pixel decoding; that is the node's measured decode stage)."""
+    return check_frame(read_frame(payload, limits), limits)
+
+
+def read_frame(payload: bytes, limits: Limits = LIMITS) -> Frame:
+    """A `frame` payload's fields with their types checked, sizes not yet: the node's reader notes the seq of a
+    frame it then refuses, so a refused frame counts as bad, not also as a drop at the next seq."""
     if len(payload) > limits.max_frame_bytes:
         raise RequestError(TOO_LARGE, f"frame message of {len(payload)} bytes exceeds {limits.max_frame_bytes}")
     msg = unpack_map(payload, "frame")
@@ -363,9 +381,14 @@ def parse_frame(payload: bytes, limits: Limits = LIMITS) -> Frame:
                   data=_get(msg, "data", bytes, what=w))
     if len(frame.frame_id) > limits.max_frame_id_chars:
         raise RequestError(BAD_REQUEST, f"frame_id longer than {limits.max_frame_id_chars} characters")
+    return frame
+
+
+def check_frame(frame: Frame, limits: Limits = LIMITS) -> Frame:
+    """The declared size within --max-frame-pixels, and raw data of exactly that size."""
     _check_dims(frame.width, frame.height, "frame", limits, limits.max_frame_pixels)
-    if enc in ("bgr8", "rgb8") and len(frame.data) != frame.width * frame.height * 3:
-        raise RequestError(BAD_IMAGE, f"{enc} frame of {frame.width}x{frame.height} needs "
+    if frame.encoding in ("bgr8", "rgb8") and len(frame.data) != frame.width * frame.height * 3:
+        raise RequestError(BAD_IMAGE, f"{frame.encoding} frame of {frame.width}x{frame.height} needs "
                                       f"{frame.width * frame.height * 3} bytes, got {len(frame.data)}")
     return frame
 
