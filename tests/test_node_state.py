@@ -9,29 +9,15 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from synthetic_registry import DIM, FOLD0_BASE, fresh, shot
 
-from edge_gfs.core.classifier import Shot, build_classifier
+from edge_gfs.core.classifier import build_classifier
 from edge_gfs.core.config import CAMVID_CLASSES
 from edge_gfs.core.files import atomic_open, atomic_write, stale_temps
 from edge_gfs.core.model import GSup
 from edge_gfs.node.registry import STATE_FILE, Registry, StateError, StateStore, export_pack, import_pack, retarget
 from edge_gfs.ui.overlay import CAMVID_RGB, class_colors, overlay
 from edge_gfs.wire import protocol as P
-
-DIM = 8
-FOLD0_BASE = list(range(8))
-
-
-def fresh(checksum: str = "a" * 64) -> Registry:
-    return Registry.fresh(checksum, "camvid-fold0", list(CAMVID_CLASSES), FOLD0_BASE, DIM)
-
-
-def shot(target: int, sid: str, ctx=(0, 3), seed: int = 0) -> Shot:
-    rng = np.random.default_rng(seed)
-    ids = tuple(sorted(set(ctx) | {target}))
-    k = len(ids)
-    return Shot(sid, target, ids, rng.standard_normal((k, DIM)), rng.standard_normal((k, DIM)),
-                rng.integers(1, 50, k).astype(np.int64))
 
 
 def teach(reg: Registry, name: str, n: int = 1, **kw) -> Registry:

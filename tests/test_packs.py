@@ -12,28 +12,13 @@ import re
 import msgpack
 import numpy as np
 import pytest
+from synthetic_registry import DIM, fresh, shot
 
-from edge_gfs.core.classifier import Shot
-from edge_gfs.core.config import CAMVID_CLASSES
 from edge_gfs.core.files import atomic_write
 from edge_gfs.node.registry import STATE_FILE, Registry, StateError, StateStore, export_pack, import_pack
 from edge_gfs.wire import protocol as P
 
-DIM = 8
-FOLD0_BASE = list(range(8))
 MAX_ECHO = 300  # no refusal may be longer than this, whatever the pack held
-
-
-def fresh(checksum: str = "a" * 64) -> Registry:
-    return Registry.fresh(checksum, "camvid-fold0", list(CAMVID_CLASSES), FOLD0_BASE, DIM)
-
-
-def shot(target: int, sid: str, ctx=(0, 3), seed: int = 0) -> Shot:
-    rng = np.random.default_rng(seed)
-    ids = tuple(sorted(set(ctx) | {target}))
-    k = len(ids)
-    return Shot(sid, target, ids, rng.standard_normal((k, DIM)), rng.standard_normal((k, DIM)),
-                rng.integers(1, 50, k).astype(np.int64))
 
 
 def teach(reg: Registry, name: str, n: int = 1, limits: P.Limits = P.LIMITS) -> Registry:

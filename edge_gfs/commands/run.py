@@ -78,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+LOG_FORMAT = "%(asctime)s edge-gfs run: %(message)s"
+
+
+def log_to_file(path: Path, max_mb: float) -> None:
+    """Also log to `path`, rotated: a node that runs for months (or is flooded with bad input) must not fill the disk."""
+    if max_mb <= 0:
+        raise StartupError(f"--log-max-mb must be > 0, got {max_mb:g}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(path, maxBytes=int(max_mb * 2**20), backupCount=3)
+    except OSError as e:
+        raise StartupError(f"cannot log to --log-file {path}: {e.strerror}") from None
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+
+
 def config_from(args: argparse.Namespace, given: set[str]) -> NodeConfig:
     """One frame source (a source flag on the command line replaces one from the config file), then the config."""
     flags = chosen(args) + (["frames"] if args.frames is not None else [])
@@ -98,17 +114,15 @@ def config_from(args: argparse.Namespace, given: set[str]) -> NodeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args, given = parse_with_config(build_parser(), argv)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if args.log_file is not None:  # bounded on disk: a node that logs for months must not fill it
-        args.log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(RotatingFileHandler(args.log_file, maxBytes=int(args.log_max_mb * 2**20), backupCount=3))
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s edge-gfs run: %(message)s", handlers=handlers)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     store = None
     try:
         cfg = config_from(args, given)
         cfg.check()  # flags and keys first: a refused configuration loads no model and creates no folder
+        if args.log_file is not None:
+            log_to_file(args.log_file, args.log_max_mb)
         from edge_gfs.backends.artifact import ArtifactError  # after the fast checks: these load torch models
         from edge_gfs.backends.select import select as select_backend
         from edge_gfs.core import zoo

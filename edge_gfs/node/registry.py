@@ -26,7 +26,7 @@ from edge_gfs.core.files import atomic_write, stale_temps
 from edge_gfs.core.labels import IGNORE, MASK, SUPPORT_MODES
 from edge_gfs.ui.overlay import color_for, taught_color
 from edge_gfs.wire.protocol import (BAD_REQUEST, LIMIT, LIMITS, MODEL_MISMATCH, NAME_TAKEN, UNKNOWN_CLASS, Limits,
-                                    RequestError, check_name)
+                                    RequestError, check_name, clip)
 from edge_gfs.wire.protocol import pack as pack_msg
 
 STATE_FILE = "registry.msgpack"
@@ -50,16 +50,6 @@ class StateError(Exception):
 class Invalid(ValueError):
     """A field of a class pack or the registry file that breaks an invariant. The message is ours: it says
     what is wrong and names a class by a clipped name at most, so a refusal never echoes a client's bytes."""
-
-
-def _clip(value: object, n: int = 40) -> str:
-    """A value someone else sent, for a message: repr (control characters escaped), about n characters.
-    Unlike protocol.clip it never repr()s a container, whose repr could cost as much as the pack is big."""
-    if isinstance(value, (str, bytes)):
-        return repr(value[:n]) + ("..." if len(value) > n else "")
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        return repr(value)[:n]
-    return type(value).__name__
 
 
 @dataclass(frozen=True)
@@ -185,7 +175,7 @@ class Registry:
                 shown.append(e.name)
             more = len(self.entries) - len(shown)
             listed = ", ".join(shown) + (f" ... and {more} more; `edge-gfs classes` lists them" if more else "")
-            raise RequestError(UNKNOWN_CLASS, f"no class named {_clip(name)}; classes: {listed}")
+            raise RequestError(UNKNOWN_CLASS, f"no class named {clip(name)}; classes: {listed}")
         if entry.kind == "base":
             if not entry.shots:
                 raise RequestError(BAD_REQUEST, f"{entry.name} is a base class of the model and holds no taught "
@@ -209,7 +199,7 @@ class Registry:
         after every restart. Limits are not applied here: they were when the classes came in, and a node
         started with smaller limits keeps what it holds (it refuses new classes instead)."""
         if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
-            raise Invalid(f"not an edge-gfs registry (format {_clip(d.get('format') if isinstance(d, dict) else d)})")
+            raise Invalid(f"not an edge-gfs registry (format {clip(d.get('format') if isinstance(d, dict) else d)})")
         d = _fields(d, "the registry", ("format", "model_checksum", "model_name", "class_names", "base_ids", "dim",
                                         "version", "used_ids", "classes"))
         names = tuple(_text(n, "a model class name", 256) for n in _list(d["class_names"], "class_names", IGNORE))
@@ -224,7 +214,7 @@ class Registry:
         _check_unique(entries)
         missing = sorted(set(base_ids) - {e.id for e in entries})
         if missing:
-            raise Invalid(f"base class {missing[0]} ({_clip(names[missing[0]])}) is missing")
+            raise Invalid(f"base class {missing[0]} ({clip(names[missing[0]])}) is missing")
         used = frozenset(_int(i, 0, IGNORE - 1, "each of used_ids") for i in _list(d["used_ids"], "used_ids", IGNORE))
         return cls(_checksum(d["model_checksum"]), _text(d["model_name"], "the model name", 256), names, base_ids,
                    dim, _int(d["version"], 0, 2**63 - 1, "version"), entries, used)
@@ -297,7 +287,7 @@ def _entry_from(c: object, i: int, dim: int, class_names: tuple[str, ...], base_
     if kind == "base" and cid not in base_ids:
         raise Invalid(f"class #{i} is marked base, but id {cid} is no base class of the model")
     if kind == "base" and name != class_names[cid]:
-        raise Invalid(f"base class {cid} must be named {_clip(class_names[cid])}")
+        raise Invalid(f"base class {cid} must be named {clip(class_names[cid])}")
     if kind == "novel":
         if cid in base_ids:
             raise Invalid(f"class #{i} (id {cid}) is a base class of the model, not a taught one")
@@ -308,8 +298,8 @@ def _entry_from(c: object, i: int, dim: int, class_names: tuple[str, ...], base_
             except RequestError as e:
                 raise Invalid(f"class #{i}: {e.message}") from None
         if any(name.casefold() == class_names[b].casefold() for b in base_ids):
-            raise Invalid(f"taught class {_clip(name)} is named like a base class of the model")
-    label = _clip(name)
+            raise Invalid(f"taught class {clip(name)} is named like a base class of the model")
+    label = clip(name)
     color = c["color"]
     if not (isinstance(color, list) and len(color) == 3 and all(type(v) is int and 0 <= v <= 255 for v in color)):
         raise Invalid(f"class {label}: the colour must be 3 integers in 0..255 (RGB)")
@@ -366,12 +356,12 @@ def _check_unique(entries: tuple[ClassEntry, ...] | list[ClassEntry]) -> None:
         if e.id in ids:
             raise Invalid(f"class id {e.id} appears twice")
         if e.name.casefold() in names:
-            raise Invalid(f"class {_clip(e.name)} appears twice")
+            raise Invalid(f"class {clip(e.name)} appears twice")
         ids.add(e.id)
         names.add(e.name.casefold())
         for s in e.shots:
             if s.shot_id in shots:
-                raise Invalid(f"shot {_clip(s.shot_id, 16)} appears twice")
+                raise Invalid(f"shot {clip(s.shot_id, 16)} appears twice")
             shots.add(s.shot_id)
 
 
@@ -390,7 +380,7 @@ def _check_model(d: dict, reg: Registry) -> None:
     """model_mismatch before any other complaint about a readable pack: re-exporting it would not help."""
     checksum = _checksum(d.get("model_checksum"))
     if checksum != reg.model_checksum:
-        raise RequestError(MODEL_MISMATCH, f"the pack was made for model {_clip(d.get('model_name'))} (checksum "
+        raise RequestError(MODEL_MISMATCH, f"the pack was made for model {clip(d.get('model_name'))} (checksum "
                                            f"{checksum[:12]}), this node runs {reg.model_name!r} "
                                            f"(checksum {reg.model_checksum[:12]})")
 
@@ -403,7 +393,7 @@ def _pack_entries(data: object, reg: Registry, limits: Limits) -> list[ClassEntr
         _check_model(env, reg)
         raise Invalid(f"it is an {fmt} pack, which carries no checksum, and this node reads {PACK_FORMAT}")
     if fmt != PACK_FORMAT:
-        raise Invalid(f"it is not an edge-gfs class pack (format {_clip(fmt)}, expected {PACK_FORMAT!r})")
+        raise Invalid(f"it is not an edge-gfs class pack (format {clip(fmt)}, expected {PACK_FORMAT!r})")
     env = _fields(env, "the pack", ("format", "content", "sha256"))
     if not isinstance(env["content"], bytes) or env["sha256"] != hashlib.sha256(env["content"]).hexdigest():
         raise Invalid("its content does not match its sha256 (the file was damaged on the way)")

@@ -103,7 +103,7 @@ class SeqCounter:
 # reader watches its SUB with a monitor and re-creates it on a disconnect, or after IDLE_RESUBSCRIBE_S without
 # a frame (a backstop for any other way a connection can die quietly).
 IDLE_RESUBSCRIBE_S = 5.0
-_WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+_WATCHED = zmq.EVENT_DISCONNECTED
 
 
 def _close_monitored(sock: zmq.Socket, monitor: zmq.Socket) -> None:

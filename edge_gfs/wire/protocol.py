@@ -67,9 +67,14 @@ MAX_MESSAGE_CHARS = 300  # an error message (reply and log line) never carries m
 
 
 def clip(value: object, chars: int = 40) -> str:
-    """repr() of client input, cut to `chars`: replies and logs name what was wrong without echoing it back."""
-    text = repr(value) if not isinstance(value, (bytes, bytearray)) else f"<{len(value)} bytes>"
-    return text if len(text) <= chars else f"{text[:chars]}... ({len(text)} chars)"
+    """Client input for a message, cut to about `chars`: replies and logs name what was wrong without echoing
+    it back. Containers show only their type: repr() of a big one would cost as much as the input is big."""
+    if isinstance(value, (str, bytes, bytearray)):
+        unit = "chars" if isinstance(value, str) else "bytes"
+        return repr(value[:chars]) + (f"... ({len(value)} {unit})" if len(value) > chars else "")
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return repr(value)[:chars]
+    return type(value).__name__
 
 
 class RequestError(Exception):
