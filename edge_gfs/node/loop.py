@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 
 import torch
 import zmq
@@ -50,7 +51,7 @@ class OperatorKeys:
     the wrong key saw silence on both ends. Here every refusal is a warning naming the key (rate-limited).
     """
 
-    def __init__(self, folder) -> None:
+    def __init__(self, folder: Path) -> None:
         from zmq.auth import load_certificates
         self.folder = folder
         self.keys: set[bytes] = set(load_certificates(str(folder)))
@@ -65,8 +66,8 @@ class OperatorKeys:
         if now - self._last_log > 5.0:
             self._last_log = now
             log.warning("teach: refused a CURVE client whose public key %s is not in --curve-allow %s (%d refusals "
-                        "so far); to allow it, copy the operator's NAME.key there and restart", key.decode(errors="replace")[:40],
-                        self.folder, self.denied)
+                        "so far); to allow it, copy the operator's NAME.key there and restart",
+                        key.decode(errors="replace")[:40], self.folder, self.denied)
         return False
 
 
@@ -260,9 +261,10 @@ class Node:
         self._send(P.TOPIC_CLASSES, P.classes_message(snap.version, snap.classes))
         return snap.version, now + self.cfg.classes_period
 
-    def _serve_subscriptions(self) -> None:
-        """Apply the subscriptions and unsubscriptions that name our topics; drop the rest (stream thread)."""
-        while True:
+    def _serve_subscriptions(self, most: int = 1000) -> None:
+        """Apply the subscriptions and unsubscriptions that name our topics; drop the rest (stream thread). At
+        most `most` per call, so a subscription flood cannot keep the stream thread from its frames."""
+        for _ in range(most):
             try:
                 msg = self.pub.recv(zmq.NOBLOCK)
             except zmq.Again:
