@@ -30,15 +30,14 @@ good maps, latency, node RSS peak, log growth, and the node's status counters (b
 from __future__ import annotations
 
 import argparse
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from hostile import bomb_jpeg, bomb_png, resized_jpeg
 from node_proc import (Collector, FrameStream, NodeProcess, add_node_flags, bench_log, code_version, command_line,
                        connect, machine, md_table, pct, proc_mb, real_frames, write_report)
 
@@ -49,27 +48,7 @@ from edge_gfs.wire.client import FramePublisher
 TARGET_RATIO = 0.5
 
 
-# -- hostile payloads ----------------------------------------------------------------------------------------------
-def bomb_jpeg(width: int, height: int, stray_zero: bool = False) -> bytes:
-    """A tiny real JPEG whose SOF0 header claims width x height: the decoder allocates for the claim."""
-    ok, buf = cv2.imencode(".jpg", np.full((16, 16, 3), 127, np.uint8))
-    data = bytearray(buf.tobytes())
-    sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    if stray_zero:
-        data[sof:sof] = b"\x00"
-    return bytes(data)
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A tiny real PNG whose IHDR claims width x height, with a correct CRC so a decoder believes it."""
-    ok, buf = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))
-    data = bytearray(buf.tobytes())
-    data[16:24] = struct.pack(">II", width, height)  # IHDR body starts at 16: after signature, length, type
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
+# -- hostile payloads (the image builders are bench/hostile.py's, shared with bench/fuzz_kinds.py) ---------------------
 def frame_payload(data: bytes, width: int, height: int, seq: int, encoding: str = "jpeg") -> bytes:
     frame = P.Frame(seq=seq, stamp_ns=time.time_ns(), frame_id="camera", encoding=encoding, width=width,
                     height=height, data=data)
@@ -104,8 +83,7 @@ class Hostile:
 def hostile_kinds(first_jpeg: bytes, seed: int) -> list[Hostile]:
     """The attack menu, in the order the per-kind phases run (oversized last: it may cut the connection)."""
     img = cv2.imdecode(np.frombuffer(first_jpeg, np.uint8), cv2.IMREAD_COLOR)
-    big = {(w, h): P.encode_jpeg(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)) for w, h in
-           ((4096, 4096), (1920, 1200))}
+    big = {(w, h): resized_jpeg(img, w, h) for w, h in ((4096, 4096), (1920, 1200))}
     rng = np.random.default_rng(seed)
     return [
         Hostile("bomb_sof_65000", bomb_jpeg(65000, 65000)),

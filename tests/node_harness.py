@@ -151,9 +151,13 @@ def running_node(state_dir, model: str = "camvid-fold0", extra: tuple[str, ...] 
     """A node process with connected client sockets; stopped cleanly (exit code 0) afterwards."""
     require_model(model)
     node = NodeProc(state_dir, model, extra=extra).start()
-    node.wait_ready()
-    w = Wire(node)
-    w.connect()
+    try:
+        node.wait_ready()
+        w = Wire(node)
+        w.connect()
+    except BaseException:  # a failed start must not leave a node running after the tests
+        node.stop()
+        raise
     yield w
     w.close()
     assert node.stop() == 0, node.log_text()
