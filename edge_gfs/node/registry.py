@@ -18,12 +18,12 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import msgpack
 import numpy as np
 
-from edge_gfs.core.classifier import LEGACY_MODES, Shot
+from edge_gfs.core.classifier import Shot
 from edge_gfs.core.files import atomic_write, stale_temps
-from edge_gfs.core.labels import IGNORE, MASK, SUPPORT_MODES
+from edge_gfs.core.labels import IGNORE
+from edge_gfs.node.field_checks import MAX_DIM, Invalid, checksum, fields, integer, items, shot_from, text, unpack
 from edge_gfs.ui.overlay import color_for, taught_color
 from edge_gfs.wire.protocol import (BAD_REQUEST, LIMIT, LIMITS, MODEL_MISMATCH, NAME_TAKEN, UNKNOWN_CLASS, Limits,
                                     RequestError, check_name, clip)
@@ -34,22 +34,11 @@ STATE_FORMAT = "edge-gfs-registry/1"
 PACK_FORMAT = "edge-gfs-classes/2"  # {"format", "content": msgpack bytes, "sha256": hex of those bytes}
 OLD_PACK_FORMATS = ("edge-gfs-classes/1",)  # no checksum: refused, with the advice to re-export
 REEXPORT = "re-export it from the node that made it (`edge-gfs classes export FILE`)"
-# Bounds on one shot's statistics. Real features average |x| < 4 per element (camvid-fold0 registries), so a
-# mean of 1e6 is no feature a model makes; with counts below 2^24 (more feature cells than the largest image
-# has pixels) the pooled sums of every shot the node can hold stay far from float32 overflow (-> inf -> NaN).
-MAX_MEAN = 1e6
-MAX_COUNT = 1 << 24
-MAX_DIM = 1 << 16
 SHOWN_NAMES, SHOWN_CHARS = 10, 160  # at most this many class names, in this many characters, in a refusal
 
 
 class StateError(Exception):
     """A state directory the node must not use (another model's, corrupt, locked): a one-line message."""
-
-
-class Invalid(ValueError):
-    """A field of a class pack or the registry file that breaks an invariant. The message is ours: it says
-    what is wrong and names a class by a clipped name at most, so a refusal never echoes a client's bytes."""
 
 
 @dataclass(frozen=True)
@@ -200,87 +189,39 @@ class Registry:
         started with smaller limits keeps what it holds (it refuses new classes instead)."""
         if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
             raise Invalid(f"not an edge-gfs registry (format {clip(d.get('format') if isinstance(d, dict) else d)})")
-        d = _fields(d, "the registry", ("format", "model_checksum", "model_name", "class_names", "base_ids", "dim",
+        d = fields(d, "the registry", ("format", "model_checksum", "model_name", "class_names", "base_ids", "dim",
                                         "version", "used_ids", "classes"))
-        names = tuple(_text(n, "a model class name", 256) for n in _list(d["class_names"], "class_names", IGNORE))
-        base_ids = tuple(_int(i, 0, len(names) - 1, "each of base_ids")
-                         for i in _list(d["base_ids"], "base_ids", IGNORE))
+        names = tuple(text(n, "a model class name", 256) for n in items(d["class_names"], "class_names", IGNORE))
+        base_ids = tuple(integer(i, 0, len(names) - 1, "each of base_ids")
+                         for i in items(d["base_ids"], "base_ids", IGNORE))
         if len(set(base_ids)) != len(base_ids):
             raise Invalid("base_ids holds an id twice")
-        dim = _int(d["dim"], 1, MAX_DIM, "dim")
-        classes = _list(d["classes"], "classes", IGNORE)
+        dim = integer(d["dim"], 1, MAX_DIM, "dim")
+        classes = items(d["classes"], "classes", IGNORE)
         entries = tuple(sorted((_entry_from(c, i, dim, names, frozenset(base_ids), None)
                                 for i, c in enumerate(classes)), key=lambda e: e.id))
         _check_unique(entries)
         missing = sorted(set(base_ids) - {e.id for e in entries})
         if missing:
             raise Invalid(f"base class {missing[0]} ({clip(names[missing[0]])}) is missing")
-        used = frozenset(_int(i, 0, IGNORE - 1, "each of used_ids") for i in _list(d["used_ids"], "used_ids", IGNORE))
-        return cls(_checksum(d["model_checksum"]), _text(d["model_name"], "the model name", 256), names, base_ids,
-                   dim, _int(d["version"], 0, 2**63 - 1, "version"), entries, used)
+        used = frozenset(integer(i, 0, IGNORE - 1, "each of used_ids") for i in items(d["used_ids"], "used_ids", IGNORE))
+        return cls(checksum(d["model_checksum"]), text(d["model_name"], "the model name", 256), names, base_ids,
+                   dim, integer(d["version"], 0, 2**63 - 1, "version"), entries, used)
 
 
 def _entry_dict(e: ClassEntry) -> dict:
     return {"id": e.id, "name": e.name, "kind": e.kind, "color": list(e.color), "shots": [s.to_dict() for s in e.shots]}
 
 
-# -- validation (class packs and the registry file) ------------------------------------------------------------
-def _fields(d: object, what: str, need: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
-    """A map with these keys and no others (an unknown key is a damaged or foreign file, never ignored data)."""
-    if not isinstance(d, dict):
-        raise Invalid(f"{what} is not a map")
-    missing = [k for k in need if k not in d]
-    if missing:
-        raise Invalid(f"{what} lacks {', '.join(missing)}")
-    if set(d) - set(need) - set(optional):
-        raise Invalid(f"{what} has fields this node does not know")
-    return d
-
-
-def _int(v: object, lo: int, hi: int, what: str) -> int:
-    if type(v) is not int or not lo <= v <= hi:  # not bool, not float: msgpack keeps the type it was given
-        raise Invalid(f"{what} must be an integer in {lo}..{hi}")
-    return v
-
-
-def _list(v: object, what: str, most: int) -> list:
-    if not isinstance(v, list) or len(v) > most:
-        raise Invalid(f"{what} must be a list of at most {most}")
-    return v
-
-
-def _text(v: object, what: str, most: int) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= most or not v.isprintable():
-        raise Invalid(f"{what} must be 1..{most} printable characters")
-    return v
-
-
-def _checksum(v: object) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= 128 or v.strip("0123456789abcdef"):
-        raise Invalid("the model checksum must be lowercase hex")
-    return v
-
-
-def _unpack(data: object, what: str) -> dict:
-    if not isinstance(data, (bytes, bytearray)):
-        raise Invalid(f"{what} is not bytes")
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises a zoo of types for garbage; their text may quote the input
-        raise Invalid(f"{what} is not valid msgpack ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise Invalid(f"{what} is not a msgpack map")
-    return obj
-
-
+# -- validation (class packs and the registry file; field checks in field_checks.py) ---------------------------
 def _entry_from(c: object, i: int, dim: int, class_names: tuple[str, ...], base_ids: frozenset[int],
                 limits: Limits | None) -> ClassEntry:
     """Class #i of a pack (with the node's limits) or of the registry file (limits None).
 
     Base classes are the model's, under its ids and names; taught names follow teach's rules (check_name),
     or are the model's own spelling of a class it has but not as a base class (Car on camvid-fold0)."""
-    c = _fields(c, f"class #{i}", ("id", "name", "kind", "color", "shots"))
-    cid = _int(c["id"], 0, IGNORE - 1, f"class #{i}'s id")
+    c = fields(c, f"class #{i}", ("id", "name", "kind", "color", "shots"))
+    cid = integer(c["id"], 0, IGNORE - 1, f"class #{i}'s id")
     kind, name = c["kind"], c["name"]
     if kind not in ("base", "novel"):
         raise Invalid(f"class #{i}'s kind must be 'base' or 'novel'")
@@ -303,48 +244,15 @@ def _entry_from(c: object, i: int, dim: int, class_names: tuple[str, ...], base_
     color = c["color"]
     if not (isinstance(color, list) and len(color) == 3 and all(type(v) is int and 0 <= v <= 255 for v in color)):
         raise Invalid(f"class {label}: the colour must be 3 integers in 0..255 (RGB)")
-    shots = _list(c["shots"], f"class {label}'s shots", 1 << 16)
+    shots = items(c["shots"], f"class {label}'s shots", 1 << 16)
     if limits is not None and len(shots) > limits.max_shots_per_class:
         raise RequestError(LIMIT, f"the pack's class {label} holds {len(shots)} shots; this node holds at most "
                                   f"{limits.max_shots_per_class} per class")
     if not shots and (kind == "novel" or limits is not None):  # a pack carries only classes with shots
         raise Invalid(f"class {label} has no shots")
     return ClassEntry(cid, name, kind, tuple(color),
-                      tuple(_shot_from(s, f"shot {j} of class {label}", cid, dim, base_ids)
+                      tuple(shot_from(s, f"shot {j} of class {label}", cid, dim, base_ids)
                             for j, s in enumerate(shots)))
-
-
-def _shot_from(d: object, what: str, cid: int, dim: int, base_ids: frozenset[int]) -> Shot:
-    """A shot that keeps Shot's invariants (shot_from_features): it teaches its class, which has a pixel in it;
-    its other rows are base classes, ids increasing; finite sums no larger than their counts allow."""
-    d = _fields(d, what, ("shot_id", "target", "class_ids", "sums_raw", "sums_unit", "counts", "dim"), ("mode",))
-    sid, ids, mode = d["shot_id"], d["class_ids"], d.get("mode", MASK)
-    if not (isinstance(sid, str) and 0 < len(sid) <= 128 and sid.isprintable()):
-        raise Invalid(f"{what}: the shot id must be 1..128 printable characters")
-    if type(d["target"]) is not int or d["target"] != cid:
-        raise Invalid(f"{what}: its target must be its class's id {cid}")
-    if not (isinstance(ids, list) and all(type(v) is int for v in ids) and ids == sorted(set(ids))
-            and cid in ids and set(ids) <= base_ids | {cid}):
-        raise Invalid(f"{what}: its class ids must be increasing, hold {cid} and otherwise base classes only")
-    if type(d["dim"]) is not int or d["dim"] != dim:
-        raise Invalid(f"{what}: its dim is not the registry's {dim}")
-    k = len(ids)
-    for key, size in (("sums_raw", k * dim * 8), ("sums_unit", k * dim * 8), ("counts", k * 8)):
-        if not isinstance(d[key], bytes) or len(d[key]) != size:
-            raise Invalid(f"{what}: {key} must be {size} bytes ({k} classes, dim {dim})")
-    if not (isinstance(mode, str) and LEGACY_MODES.get(mode, mode) in SUPPORT_MODES):
-        raise Invalid(f"{what}: its mode must be one of {', '.join(SUPPORT_MODES)}")
-    shot = Shot.from_dict(d)
-    if not (np.isfinite(shot.sums_raw).all() and np.isfinite(shot.sums_unit).all()):
-        raise Invalid(f"{what} holds a statistic that is not finite (NaN or inf)")
-    if ((shot.counts < 0) | (shot.counts > MAX_COUNT)).any():
-        raise Invalid(f"{what} has a pixel count outside 0..{MAX_COUNT}")
-    if shot.counts[ids.index(cid)] < 1:
-        raise Invalid(f"{what} has no pixel of its class")
-    bound = MAX_MEAN * shot.counts[:, None]
-    if (np.abs(shot.sums_raw) > bound).any() or (np.abs(shot.sums_unit) > bound).any():
-        raise Invalid(f"{what} holds feature sums too large for its pixel counts")
-    return shot
 
 
 def _check_unique(entries: tuple[ClassEntry, ...] | list[ClassEntry]) -> None:
@@ -378,32 +286,32 @@ def export_pack(reg: Registry) -> bytes:
 
 def _check_model(d: dict, reg: Registry) -> None:
     """model_mismatch before any other complaint about a readable pack: re-exporting it would not help."""
-    checksum = _checksum(d.get("model_checksum"))
-    if checksum != reg.model_checksum:
+    made_for = checksum(d.get("model_checksum"))
+    if made_for != reg.model_checksum:
         raise RequestError(MODEL_MISMATCH, f"the pack was made for model {clip(d.get('model_name'))} (checksum "
-                                           f"{checksum[:12]}), this node runs {reg.model_name!r} "
+                                           f"{made_for[:12]}), this node runs {reg.model_name!r} "
                                            f"(checksum {reg.model_checksum[:12]})")
 
 
 def _pack_entries(data: object, reg: Registry, limits: Limits) -> list[ClassEntry]:
     """The classes of a pack, every field checked against this registry's model and the node's limits."""
-    env = _unpack(data, "the pack")
+    env = unpack(data, "the pack")
     fmt = env.get("format")
     if fmt in OLD_PACK_FORMATS:
         _check_model(env, reg)
         raise Invalid(f"it is an {fmt} pack, which carries no checksum, and this node reads {PACK_FORMAT}")
     if fmt != PACK_FORMAT:
         raise Invalid(f"it is not an edge-gfs class pack (format {clip(fmt)}, expected {PACK_FORMAT!r})")
-    env = _fields(env, "the pack", ("format", "content", "sha256"))
+    env = fields(env, "the pack", ("format", "content", "sha256"))
     if not isinstance(env["content"], bytes) or env["sha256"] != hashlib.sha256(env["content"]).hexdigest():
         raise Invalid("its content does not match its sha256 (the file was damaged on the way)")
-    content = _fields(_unpack(env["content"], "its content"), "its content",
+    content = fields(unpack(env["content"], "its content"), "its content",
                       ("model_checksum", "model_name", "dim", "classes"))
     _check_model(content, reg)
-    _text(content["model_name"], "the model name", 256)
+    text(content["model_name"], "the model name", 256)
     if type(content["dim"]) is not int or content["dim"] != reg.dim:
         raise Invalid(f"its feature dim is not this model's {reg.dim}")
-    classes = _list(content["classes"], "its classes", IGNORE)
+    classes = items(content["classes"], "its classes", IGNORE)
     entries = [_entry_from(c, i, reg.dim, reg.class_names, frozenset(reg.base_ids), limits)
                for i, c in enumerate(classes)]
     _check_unique(entries)
@@ -470,7 +378,7 @@ class StateStore:
         except OSError as e:
             raise StateError(f"cannot read {self.path}: {e.strerror}") from None
         try:
-            return Registry.from_dict(_unpack(data, "the file"))
+            return Registry.from_dict(unpack(data, "the file"))
         except Exception as e:
             why = str(e) if isinstance(e, Invalid) else f"malformed: {type(e).__name__}"
             raise StateError(f"{self.path} is unreadable ({why}); move it away to start with no taught "
