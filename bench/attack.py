@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hostile import bomb_jpeg, bomb_png, resized_jpeg
-from node_proc import (Collector, FrameStream, NodeProcess, add_node_flags, bench_log, code_version, command_line,
+from node_proc import (Collector, FrameStream, NodeProcess, add_node_flags, bench_log, command_line,
                        connect, machine, md_table, pct, proc_mb, real_frames, write_report)
 
 from edge_gfs.data.datasets import camvid
@@ -269,7 +269,7 @@ def main() -> int:
                "kinds_below_target": [x["phase"] for x in ran if x["phase"] in {h.kind for h in kinds}
                                       and (x["ratio_pct"] or 0) < 100 * TARGET_RATIO],
                "node_alive_at_end": alive, "node_peak_rss_mb": round(peak, 1) if peak else None, "node_exit_code": code}
-    result = {"command": command_line(), "code": code_version(args.node_src), "machine": machine(), "model": args.model,
+    result = {"command": command_line(), "code": node.code, "machine": machine(), "model": args.model,
               "threads": args.threads, "hz": args.hz, "hostile_hz": args.hostile_hz, "seed": args.seed,
               "wall_s": round(time.monotonic() - wall0, 1),
               "hostile_bytes": {h.kind: len(h.raw if h.raw is not None else h.data) for h in kinds},

@@ -455,9 +455,10 @@ shot_kind("teach_labels_bad", BM,
           "labels", {"size": lambda rng, m: png_bytes(plane(m, -1)), "rgb": lambda rng, m: png_bytes(plane(m, 0, 0, 3)),
                      "u16": lambda rng, m: png_bytes(plane(m, dtype=np.uint16)),
                      "jpeg": lambda rng, m: jpeg_bytes(plane(m)), "garbage": lambda rng, m: rbytes(rng, 100)})
-shot_kind("teach_image_corrupt", BI,
+shot_kind("teach_image_corrupt", BI | TL,
           "Images with a JPEG/PNG signature and garbage after it, a PNG with flipped bytes (CRC), a JPEG without "
-          "scan, a PNG without IDAT.",
+          "scan, a PNG without IDAT. too_large is right too: random bytes after FF D8 FF can hold a marker that "
+          "libjpeg (and the node's header reader, which follows it) reads as a frame header of a huge size.",
           "image", {"jpeg_magic_garbage": lambda rng, m: b"\xff\xd8\xff" + rbytes(rng, between(rng, 10, 3000)),
                     "png_magic_garbage": lambda rng, m: b"\x89PNG\r\n\x1a\n" + rbytes(rng, between(rng, 10, 3000)),
                     "png_flipped": lambda rng, m: flip_bytes(rng, m.img_png, between(rng, 1, 20), start=40),

@@ -27,7 +27,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from node_proc import (FrameStream, NodeProcess, add_node_flags, bench_log, car_shots, code_version, command_line,
+from node_proc import (FrameStream, NodeProcess, add_node_flags, bench_log, car_shots, command_line,
                        machine, md_table, pct, real_frames, write_report)
 
 from edge_gfs.data.datasets import camvid
@@ -235,7 +235,7 @@ def main() -> int:
     t0 = time.monotonic()
     bench = Kill9(args, log)
     summary = bench.run()
-    result = {"command": command_line(), "code": code_version(args.node_src), "machine": machine(), "model": args.model,
+    result = {"command": command_line(), "code": bench.node.code, "machine": machine(), "model": args.model,
               "threads": args.threads,
               "hz": args.hz, "factor": args.factor, "seed": args.seed, "wall_s": round(time.monotonic() - t0, 1),
               "summary": summary, "rounds": bench.rounds}

@@ -60,6 +60,7 @@ class NodeProcess:
         self.frames, self.labels, self.teach = free_endpoint(), free_endpoint(), free_endpoint()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.code: str | None = None  # the source version the node first started from (a long bench outlives commits)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "NodeProcess":
@@ -75,6 +76,7 @@ class NodeProcess:
     def start(self) -> "NodeProcess":
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.starts += 1
+        self.code = self.code or code_version(self.src)
         with open(self.log, "ab") as f:
             f.write(f"\n=== start {self.starts} at {time.strftime('%H:%M:%S')}: {' '.join(self.command())}\n".encode())
             # OMP_WAIT_POLICY=PASSIVE: an idle OpenMP pool must not spin on a machine the bench shares

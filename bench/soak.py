@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from node_proc import (Collector, FrameStream, NodeProcess, add_node_flags, bench_log, car_shots, code_version,
+from node_proc import (Collector, FrameStream, NodeProcess, add_node_flags, bench_log, car_shots,
                        command_line, connect, machine, md_table, pct, proc_mb, real_frames, write_report)
 
 from edge_gfs.data.datasets import camvid
@@ -224,7 +224,7 @@ def main() -> int:
                "rss_peak_mb": round(peak, 1) if peak else (max(rss_mb) if rss_mb else None),
                "rss_pass": growth is not None and growth < GROWTH_TARGET,
                "drift_pass": bool(d50 and d95 and d50 <= DRIFT_TARGET and d95 <= DRIFT_TARGET)}
-    result = {"command": command_line(), "code": code_version(args.node_src), "machine": machine(), "model": args.model,
+    result = {"command": command_line(), "code": node.code, "machine": machine(), "model": args.model,
               "threads": args.threads,
               "minutes": args.minutes, "hz": args.hz, "every_s": args.every, "seed": args.seed,
               "warmup_s": plan.warmup, "window_s": plan.window, "wall_s": round(time.monotonic() - wall0, 1),
