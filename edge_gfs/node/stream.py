@@ -127,6 +127,7 @@ class ZmqFrameReader(threading.Thread):
         self.last_frame: float | None = None  # time.time() of the last good frame, for status
         self._last_log = 0.0
         self.sock, self.monitor = self._open()  # created here, used only by this thread from run() on
+        self.poller = self._poller()
 
     def _open(self) -> tuple[zmq.Socket, zmq.Socket]:
         sock = self.ctx.socket(zmq.SUB)
@@ -150,16 +151,20 @@ class ZmqFrameReader(threading.Thread):
         log.log(level, "frames from %s: %s; subscribing again", self.endpoint, why)
         self.close()
         self.sock, self.monitor = self._open()
+        self.poller = self._poller()
         self.resubscribes += 1
+
+    def _poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        return poller
 
     def run(self) -> None:
         quiet_since = time.monotonic()
         try:
             while not self.stop.is_set():
-                poller = zmq.Poller()
-                poller.register(self.sock, zmq.POLLIN)
-                poller.register(self.monitor, zmq.POLLIN)
-                ready = dict(poller.poll(100))
+                ready = dict(self.poller.poll(100))
                 if self.monitor in ready and self._dropped():
                     self._resubscribe(f"the connection was dropped (a message over the socket's "
                                       f"{self.sock.getsockopt(zmq.MAXMSGSIZE):,}-byte limit, or the publisher left)")

@@ -7,6 +7,7 @@ client and the node can never disagree about a field. Pure functions only: no so
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -190,6 +191,12 @@ _JPEG_BARE = {0x01, *range(0xD0, 0xD8)}
 _JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
+# libjpeg's next_marker(): skip any bytes up to an FF, skip fill FFs, and an FF/00 pair is no marker (search on);
+# so a marker is the first byte other than 00 and FF that follows an FF. As one regex (no repetition, hence linear)
+# so a 32 MB run of stray bytes, fill bytes or FF/00 pairs is scanned in C, not byte by byte in Python.
+_NEXT_MARKER = re.compile(rb"\xff([^\x00\xff])")
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """The size libjpeg will decode, found the way libjpeg finds it.
 
@@ -202,17 +209,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
         return None
     i = 2
-    while True:
-        while i < n and data[i] != 0xFF:  # libjpeg: "extraneous bytes before marker", skipped
-            i += 1
-        while i < n and data[i] == 0xFF:  # fill bytes
-            i += 1
-        if i >= n:
-            return None
-        marker = data[i]
-        i += 1
-        if marker == 0x00:  # a stuffed FF/00 pair: not a marker, libjpeg discards it and searches on
-            continue
+    while (found := _NEXT_MARKER.search(data, i)) is not None:
+        marker, i = found.group(1)[0], found.end()
         if marker in _JPEG_BARE:
             continue
         if marker in (0xD8, 0xD9, 0xDA):  # a second SOI, EOI or scan data before any frame header
@@ -228,6 +226,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             h, w = struct.unpack(">HH", data[i + 3:i + 7])
             return w, h
         i += seg_len
+    return None
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
