@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "teach": ("edge_gfs.commands.teach", "teach a running node a class from a few image + mask shots"),
     "forget": ("edge_gfs.commands.forget", "make a running node forget a taught class"),
     "classes": ("edge_gfs.commands.classes", "list a node's classes; export/import class packs"),
+    "record": ("edge_gfs.commands.record", "record a running node's frames, label maps and events to MCAP"),
     "view": ("edge_gfs.commands.view", "overlay viewer of the label maps (window, or --out video/PNGs)"),
     "operator": ("edge_gfs.commands.operator", "teaching window: freeze, box (GrabCut) or brush, name, send; list, forget"),
     "launch": ("edge_gfs.commands.launch", "start a pipeline (publisher, node, ...) from a YAML file; restart what dies"),

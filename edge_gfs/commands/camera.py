@@ -24,6 +24,7 @@ EXAMPLE = f"""examples:
   edge-gfs camera --camera 0                                  # publish camera 0 on {P.DEFAULT_FRAMES}
   edge-gfs camera --images ../shared/datasets/camvid/test/images --fps 10 --loop
   edge-gfs camera --video drive.mp4 --encoding png --frames tcp://127.0.0.1:6000
+  edge-gfs camera --mcap drive.mcap                          # replay a recording (edge-gfs record), its stamps kept
 """
 
 
@@ -32,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_flags(p.add_argument_group("frame source (one of)"))
     p.add_argument("--frames", default=P.DEFAULT_FRAMES, metavar="ENDPOINT", help="where to bind the PUB socket")
-    p.add_argument("--fps", type=float, help="rate (default: 10 for --images, the file's own for --video, "
-                                             "as delivered for --camera); 0 = as fast as possible")
+    p.add_argument("--fps", type=float, help="rate (default: 10 for --images, the file's own for --video and "
+                                             "--mcap, as delivered for --camera); 0 = as fast as possible")
     p.add_argument("--encoding", default="jpeg", choices=P.FRAME_ENCODINGS, help="how frames travel")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality when encoding")
     p.add_argument("--loop", action="store_true", help="replay --images/--video forever")
@@ -74,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             pacer.wait(stop)
             try:
                 if sf.data is not None and sf.encoding == args.encoding:
-                    pub.publish(data=sf.data, encoding=args.encoding)
+                    pub.publish(data=sf.data, encoding=args.encoding, stamp_ns=sf.stamp_ns)
                 else:
-                    pub.publish(image=sf.bgr(), encoding=args.encoding, quality=args.quality)
+                    pub.publish(image=sf.bgr(), encoding=args.encoding, quality=args.quality, stamp_ns=sf.stamp_ns)
             except (P.RequestError, ValueError) as e:
                 print(f"edge-gfs camera: skipped {sf.name}: {e}", file=sys.stderr)
                 continue

@@ -28,6 +28,8 @@ EXAMPLE = f"""examples:
   edge-gfs run --images ../shared/datasets/camvid/test/images --fps 5 --loop
   edge-gfs run --config node.yaml       # node.yaml: {{model: camvid-fold0, frames: "tcp://127.0.0.1:5555"}}
   edge-gfs run --model camvid-fold0 --log-file logs/node.log --log-max-mb 10   # rotating log on disk
+  edge-gfs run --model camvid-fold0 --foxglove            # live view: Foxglove on ws://127.0.0.1:8765
+  edge-gfs run --mcap drive.mcap --fps 5                  # replay a recording (edge-gfs record) in-process
 
 Label maps go out on --labels (topics labels, classes, status); teach with `edge-gfs teach`, list with
 `edge-gfs classes`, forget with `edge-gfs forget`. Protocol: docs/protocol.md.
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--fps", type=float, help="replay rate of an in-process source (default: the source's own)")
     src.add_argument("--loop", action="store_true", help="replay --images/--video forever (else the node exits at the end)")
     src.add_argument("--frame-id", default="camera", help="frame_id of frames read in-process")
+    p.add_argument("--foxglove", nargs="?", const="127.0.0.1:8765", metavar="HOST:PORT",
+                   help="also serve the Foxglove WebSocket live view (default 127.0.0.1:8765; needs "
+                        "pip install 'edge-gfs[foxglove]'); channels: docs/foxglove.md")
     p.add_argument("--labels", default=P.DEFAULT_LABELS, metavar="ENDPOINT", help="PUB: labels, classes, status topics")
     p.add_argument("--teach", default=P.DEFAULT_TEACH, metavar="ENDPOINT",
                    help="ROUTER for teach requests (REQ or DEALER clients); loopback by default")
@@ -109,7 +114,7 @@ def config_from(args: argparse.Namespace, given: set[str]) -> NodeConfig:
         curve_secret=args.curve_secret, curve_allow=args.curve_allow, backend=args.backend, engine=args.engine,
         confidence=args.confidence, threads=args.threads, max_classes=args.max_classes, max_shots=args.max_shots,
         max_frame_pixels=args.max_frame_pixels,
-        status_period=args.status_period, classes_period=args.classes_period)
+        status_period=args.status_period, classes_period=args.classes_period, foxglove=args.foxglove)
 
 
 def main(argv: list[str] | None = None) -> int:

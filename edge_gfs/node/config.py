@@ -63,6 +63,7 @@ class NodeConfig:
     max_frame_pixels: int = P.LIMITS.max_frame_pixels
     status_period: float = 1.0
     classes_period: float = 2.0
+    foxglove: str | None = None  # HOST:PORT of the Foxglove WebSocket live view (node/foxglove_view.py); None: off
 
     @property
     def state_dir(self) -> Path:
@@ -91,6 +92,13 @@ class NodeConfig:
             self._check_keys()
         if not 0 < self.max_frame_pixels <= P.LIMITS.max_image_pixels:
             raise StartupError(f"--max-frame-pixels must be 1..{P.LIMITS.max_image_pixels}, got {self.max_frame_pixels}")
+        if self.foxglove is not None:
+            from edge_gfs.wire import foxglove_msgs as F
+            try:
+                F.parse_address(self.foxglove)
+                F.require()
+            except (ValueError, F.FoxgloveMissing) as e:
+                raise StartupError(f"--foxglove: {e}") from None
         for name, value in (("--status-period", self.status_period), ("--classes-period", self.classes_period)):
             if value <= 0:
                 raise StartupError(f"{name} must be > 0 seconds, got {value}")

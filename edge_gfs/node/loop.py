@@ -99,6 +99,7 @@ class Node:
         self.refused_subscriptions = 0
         self.router = self._socket(zmq.ROUTER, self.limits.max_teach_bytes * P.SOCKET_SLACK)
         self.reader: ZmqFrameReader | SourceReader | None = None
+        self.view = None  # node/foxglove_view.FoxgloveView with --foxglove
         try:
             self._secure_teach()
             for sock, ep, what in ((self.pub, cfg.labels, "--labels"), (self.router, cfg.teach, "--teach")):
@@ -107,6 +108,9 @@ class Node:
                 except zmq.ZMQError as e:
                     raise StartupError(f"cannot bind {what} {ep}: {e} (another node running? choose another {what})") from None
             self.reader = self._input(source)
+            if cfg.foxglove is not None:
+                from edge_gfs.node.foxglove_view import FoxgloveView  # imports foxglove-sdk only when asked for
+                self.view = FoxgloveView(cfg.foxglove)
         except BaseException:
             self.close()
             raise
@@ -189,6 +193,8 @@ class Node:
                 if now >= next_status:
                     status = self.status()
                     self._send(P.TOPIC_STATUS, status)
+                    if self.view is not None:
+                        self.view.status(status)
                     next_status = now + self.cfg.status_period
                     if now >= next_log:
                         log.info("fps %.1f, latency p50 %.0f ms p95 %.0f ms, drops %d, classes version %d",
@@ -220,6 +226,8 @@ class Node:
     def close(self) -> None:
         """Close every socket (also when construction failed half-way), so the context never blocks on exit."""
         self.stop.set()
+        if self.view is not None:
+            self.view.close()
         if self.auth is not None:
             self.auth.stop()
         self.pub.close(0)
@@ -252,13 +260,18 @@ class Node:
         latency_ms = (time.monotonic() - arrival.received) * 1000.0
         msg = P.labels_message(frame, labels[0], snap.version, latency_ms, None if conf is None else conf[0])
         self._send(P.TOPIC_LABELS, msg)
+        if self.view is not None:  # a hand-over only when a Foxglove client watches; encoding is its thread's
+            self.view.offer(frame, bgr, labels[0], snap.classes)
         t6 = time.perf_counter()
         ms = [(b - a) * 1000.0 for a, b in zip((t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6))]
         self.stats.add(dict(zip(STAGES, ms)), latency_ms)
 
     def _publish_classes(self, snap: Snapshot, now: float) -> tuple[int, float]:
         """Send the class list; returns the version now published and when to repeat it."""
-        self._send(P.TOPIC_CLASSES, P.classes_message(snap.version, snap.classes))
+        msg = P.classes_message(snap.version, snap.classes)
+        self._send(P.TOPIC_CLASSES, msg)
+        if self.view is not None:
+            self.view.classes(msg)
         return snap.version, now + self.cfg.classes_period
 
     def _serve_subscriptions(self, most: int = 1000) -> None:
@@ -287,9 +300,10 @@ class Node:
     def status(self) -> dict:
         inp = self.reader.status()
         overwritten, bad = self.slot.overwritten, inp.pop("bad_messages")
+        view = {} if self.view is None else {"foxglove": {"address": self.view.address, "frames_sent": self.view.sent}}
         return {"v": P.VERSION, "model": self.model_name, "backend": self.backend, **self.stats.summary(), **inp,
                 "drops": overwritten + inp["drops_seq_gap"], "drops_overwritten": overwritten,
                 "bad_frames": self.bad_frames + bad, "errors": self.errors,
                 "classes_version": self.snapshot.version, "threads": torch.get_num_threads(),
                 "uptime_s": round(time.monotonic() - self.started, 1), "input": self.cfg.input_label,
-                "input_hw": list(self.seg.cfg.input_hw)}
+                "input_hw": list(self.seg.cfg.input_hw), **view}

@@ -41,6 +41,7 @@ class SourceFrame:
     image: np.ndarray | None = None  # BGR uint8
     data: bytes | None = None  # encoded JPEG/PNG
     encoding: str | None = None  # encoding of `data`
+    stamp_ns: int | None = None  # a recording's own stamp (MCAP replay); None: stamped when sent
 
     def bgr(self) -> np.ndarray:
         if self.image is None:
@@ -139,6 +140,44 @@ class FolderSource:
         pass
 
 
+class McapSource:
+    """The images of an MCAP recording (`edge-gfs record`, or any file with a foxglove.CompressedImage/RawImage
+    topic), at the recorded rate. Frames keep their recorded stamps, so label maps of a replay line up with the
+    recording's own. JPEG/PNG bytes are passed on as they are: a replay decodes exactly what was recorded."""
+
+    def __init__(self, path: Path | str, loop: bool = False) -> None:
+        from edge_gfs.wire import foxglove_msgs as F
+        from edge_gfs.wire import mcap_log
+        self.path, self.loop = Path(path), loop
+        if not self.path.is_file():
+            raise SourceError(f"no MCAP file at {path}")
+        try:
+            self.topic = mcap_log.image_topic(self.path)
+            self._fps = mcap_log.recorded_fps(self.path, self.topic)
+        except F.FoxgloveMissing as e:
+            raise SourceError(str(e)) from None
+        except ValueError as e:
+            raise SourceError(str(e)) from None
+        self.label = f"mcap {path} {self.topic}"
+        self._read = mcap_log.replay_images
+
+    @property
+    def default_fps(self) -> float | None:
+        return self._fps
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        while True:
+            n = 0
+            for n, im in enumerate(self._read(self.path, self.topic), 1):
+                yield SourceFrame(f"mcap{n:06d}", image=im.image, data=im.data, encoding=im.encoding,
+                                  stamp_ns=im.stamp_ns)
+            if not (self.loop and n):
+                return
+
+    def close(self) -> None:
+        pass
+
+
 def _video(value: str, loop: bool) -> CaptureSource:
     if not Path(value).is_file():
         raise SourceError(f"no video file at {value}")
@@ -166,6 +205,8 @@ SOURCES: dict[str, SourceKind] = {
     "camera": SourceKind("N", "OpenCV camera index", _camera),
     "video": SourceKind("PATH", "a video file (at its own rate, or --fps)", _video),
     "images": SourceKind("DIR", "a folder of JPEG/PNG frames, in name order (10 fps, or --fps)", FolderSource),
+    "mcap": SourceKind("FILE", "an MCAP recording's images (edge-gfs record), at the recorded rate or --fps; "
+                               "stamps kept", McapSource),
 }
 
 

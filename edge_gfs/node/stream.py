@@ -249,7 +249,7 @@ class SourceReader(threading.Thread):
                 if self.stop.is_set():
                     break
                 self.pacer.wait(self.stop)
-                stamp = time.time_ns()
+                stamp = sf.stamp_ns if sf.stamp_ns is not None else time.time_ns()
                 try:
                     frame = P.make_frame(image=sf.image, data=sf.data, encoding=sf.encoding or "bgr8", seq=seq,
                                          stamp_ns=stamp, frame_id=self.frame_id)
