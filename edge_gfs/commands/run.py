@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", type=Path, metavar="DIR",
                    help="where the class registry lives (default: $XDG_STATE_HOME/edge-gfs/MODEL)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="feature extractor: auto (TensorRT engine on CUDA, else the CPU artifact of `edge-gfs compile`, "
-                        "else eager), eager, compiled (an artifact, never eager), cpu or tensorrt")
+                   help="feature extractor: auto (a TensorRT engine, else PyTorch on CUDA, else the CPU artifact of "
+                        "`edge-gfs compile`, else eager), eager, compiled (an artifact, never eager), cpu, cuda "
+                        "(PyTorch on the GPU, no TensorRT) or tensorrt")
     p.add_argument("--engine", type=Path, metavar="FILE", help="run this compiled artifact (from edge-gfs compile --out)")
     p.add_argument("--confidence", action="store_true", help="add the winning class's probability to label maps")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker thread; 0 = all cores")
