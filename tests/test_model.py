@@ -56,10 +56,10 @@ def test_extractor_exports_at_static_size_and_matches_eager(tiny_cfg):
 
 def test_tensorrt_path_reports_why_it_is_unavailable():
     ok, why = tensorrt_available()
-    if not ok:
-        assert why  # never silent
-        pytest.skip(f"TensorRT path not testable here: {why}")
-    assert why == ""
+    if ok:
+        assert why == ""
+    else:  # never silent, and it names what is missing
+        assert why == "no CUDA device" or "torch_tensorrt is not installed" in why
 
 
 def test_checkpoint_round_trip_is_exact(tiny_cfg, tmp_path):
