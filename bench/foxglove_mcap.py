@@ -43,38 +43,21 @@ from edge_gfs.ui.overlay import class_colors, palette_bgr  # noqa: E402
 from edge_gfs.wire import foxglove_msgs as F  # noqa: E402
 from edge_gfs.wire import mcap_log  # noqa: E402
 from edge_gfs.wire import protocol as P  # noqa: E402
-from edge_gfs.wire.client import FramePublisher, LabelSubscriber, TeachClient, free_endpoint  # noqa: E402
+from edge_gfs.wire.client import FramePublisher, LabelSubscriber, free_endpoint  # noqa: E402
+from node_proc import NodeProcess  # noqa: E402  (bench/, beside this script)
 
 
 def free_port() -> int:
     return int(free_endpoint().rsplit(":", 1)[1])
 
 
-class Node:
-    """`edge-gfs run` as a subprocess on free ports."""
-
-    def __init__(self, work: Path, name: str, threads: int, source: list[str], extra: list[str] = (),
-                 state: Path | None = None) -> None:
-        self.labels, self.teach = free_endpoint(), free_endpoint()
-        self.state = state or work / f"{name}-state"
-        self.log = open(work / f"{name}.log", "ab")
-        args = ["run", "--model", "camvid-fold0", "--state", str(self.state), *source, "--labels", self.labels,
-                "--teach", self.teach, "--threads", str(threads), "--status-period", "0.5", "--classes-period", "1",
-                *extra]
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge_gfs.cli", *args], cwd=REPO, stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=os.environ | {"OMP_WAIT_POLICY": "PASSIVE"})
-        with TeachClient(self.teach, timeout_s=2) as c:
-            c.wait_ready(300)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
+def start_node(work: Path, name: str, threads: int, source: tuple[str, ...] | None = None,
+               extra: tuple[str, ...] = ()) -> NodeProcess:
+    """`edge-gfs run` as a subprocess on free ports (frames on node.frames unless `source` is in-process), ready."""
+    node = NodeProcess(work / f"{name}.log", work / f"{name}-state", threads=threads, source=source,
+                       extra=("--status-period", "0.5", "--classes-period", "1", *extra))
+    node.start().wait_ready(300)
+    return node
 
 
 class Camera(threading.Thread):
@@ -163,11 +146,10 @@ def stream_fps(work: Path, jpegs: list[bytes], args) -> dict:
     runs: dict[str, list[dict]] = {c: [] for c in CONDITIONS}
     for r in range(args.rounds):
         for cond in CONDITIONS:
-            frames = free_endpoint()
             port = free_port()
-            extra = [] if cond == "off" else ["--foxglove", f"127.0.0.1:{port}"]
-            node = Node(work, f"fps-{cond}-{r}", args.threads, ["--frames", frames], extra)
-            cam = Camera(frames, jpegs, args.camera_hz)
+            extra = () if cond == "off" else ("--foxglove", f"127.0.0.1:{port}")
+            node = start_node(work, f"fps-{cond}-{r}", args.threads, extra=extra)
+            cam = Camera(node.frames, jpegs, args.camera_hz)
             cam.start()
             reader = FoxgloveReader(port) if cond == "on_client" else None
             if reader:
@@ -216,8 +198,8 @@ def view_cost(data) -> dict:
 
 
 def record(work: Path, jpegs: list[bytes], args) -> dict:
-    frames = free_endpoint()
-    node = Node(work, "record", args.threads, ["--frames", frames])
+    node = start_node(work, "record", args.threads)
+    frames = node.frames
     out = work / "rec.mcap"
     rec = subprocess.Popen([sys.executable, "-m", "edge_gfs.cli", "record", str(out), "--labels", node.labels,
                             "--frames", frames, "--progress", "5"], cwd=REPO, stdout=subprocess.PIPE,
@@ -270,7 +252,7 @@ def record(work: Path, jpegs: list[bytes], args) -> dict:
 
 def replay_identity(work: Path, out: Path, args) -> dict:
     recorded = {r.log_time: mcap_log.ids_of(r.message) for r in mcap_log.read(out, [F.TOPIC_IDS])}
-    node = Node(work, "replay", args.threads, ["--mcap", str(out), "--loop", "--fps", str(args.replay_fps)])
+    node = start_node(work, "replay", args.threads, source=("--mcap", str(out), "--loop", "--fps", str(args.replay_fps)))
     sub = LabelSubscriber(node.labels, topics=("labels",))
     got: dict[int, bool] = {}
     t0 = time.monotonic()

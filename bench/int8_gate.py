@@ -51,12 +51,8 @@ def main() -> int:
             batches = [b / 255 for b in batches]  # the classic mistake: [0,1] frames where the model takes [0,255]
         ep = trt.quantized_program(model, hw, batches, device="cpu")
         net = ep.module()
-        frames = val_frames(args.frames)
-        per_frame = []
-        for i in range(len(frames.names)):
-            one = type(frames)(frames.split, frames.names[i:i + 1], frames.images[i:i + 1], frames.labels[i:i + 1])
-            per_frame.append(check_parity(model, lambda x: net(x), "int8", one, progress=False)["pixel_agreement_pct"])
-        result = check_parity(model, lambda x: net(x), "int8", frames, progress=True)
+        per_frame: list[float] = []
+        result = check_parity(model, net, "int8", val_frames(args.frames), progress=True, per_frame=per_frame)
     name = "int8_gate_bad_calibration" if args.bad_calibration else "int8_gate"
     res = {"model": args.model, "bad_calibration": args.bad_calibration, "input_hw": list(hw), "calib_frames": args.calib_frames, "parity": result,
            "per_frame_agreement_pct": {"min": min(per_frame), "p5": float(np.percentile(per_frame, 5)),

@@ -54,8 +54,9 @@ class NodeProcess:
     checkout by default, or an export of another commit to measure the node before and after a fix."""
 
     def __init__(self, log: Path, state: Path, model: str = "camvid-fold0", threads: int = 1,
-                 extra: tuple[str, ...] = (), src: Path = REPO) -> None:
+                 extra: tuple[str, ...] = (), src: Path = REPO, source: tuple[str, ...] | None = None) -> None:
         self.log, self.state, self.model, self.threads, self.extra = Path(log), Path(state), model, threads, extra
+        self.source = source  # an in-process source (e.g. --mcap FILE); None: frames on self.frames
         self.src = Path(src).resolve()
         self.frames, self.labels, self.teach = free_endpoint(), free_endpoint(), free_endpoint()
         self.proc: subprocess.Popen | None = None
@@ -69,8 +70,9 @@ class NodeProcess:
                    src=args.node_src)
 
     def command(self) -> list[str]:
+        source = ("--frames", self.frames) if self.source is None else self.source
         return [sys.executable, "-m", "edge_gfs.cli", "run", "--model", self.model, "--state", str(self.state),
-                "--frames", self.frames, "--labels", self.labels, "--teach", self.teach,
+                *source, "--labels", self.labels, "--teach", self.teach,
                 "--threads", str(self.threads), "--status-period", "1", "--classes-period", "2", *self.extra]
 
     def start(self) -> "NodeProcess":

@@ -55,8 +55,9 @@ def val_frames(count: int, data: Dataset | None = None, split: str = "val") -> F
 
 
 def check_parity(model: CaplModel, extractor: Callable[[torch.Tensor], torch.Tensor], precision: str,
-                 frames: Frames, progress: bool = True) -> dict:
-    """Label maps of eager vs compiled on the frames -> agreement %, mIoU of each, delta, pass/fail."""
+                 frames: Frames, progress: bool = True, per_frame: list[float] | None = None) -> dict:
+    """Label maps of eager vs compiled on the frames -> agreement %, mIoU of each, delta, pass/fail.
+    `per_frame`, when given, receives each frame's agreement % (for benches that want the spread)."""
     eager = Segmenter(model)
     compiled = Segmenter(model, extractor=extractor)
     n = len(model.cfg.class_names)
@@ -70,6 +71,8 @@ def check_parity(model: CaplModel, extractor: Callable[[torch.Tensor], torch.Ten
         agree = int((a == b).sum())
         same, total = same + agree, total + a.size
         worst = min(worst, 100.0 * agree / a.size)
+        if per_frame is not None:
+            per_frame.append(100.0 * agree / a.size)
         cm_e += confusion(a, lab, n)
         cm_c += confusion(b, lab, n)
     cls = model.cfg.class_names

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Platform:
-    key: str  # also constraints/<key>.txt
+    key: str
     name: str
     machine: str  # x86_64 | aarch64
     torch: str  # major.minor
@@ -25,23 +25,24 @@ class Platform:
     tensorrt: str  # major.minor
     cuda: str
     python: str
+    constraints: str  # the pins, under constraints/
     install: str  # the route, one line (docs/compile.md has the steps)
     tested: str  # what has run on it, honestly
 
 
 MATRIX: tuple[Platform, ...] = (
     Platform("cuda13", "desktop / data-centre GPU, CUDA 13 (driver >= 580)", "x86_64", torch="2.14",
-             torchvision="0.29", torch_tensorrt="2.14", tensorrt="11.1", cuda="13.0", python="3.10-3.13",
+             torchvision="0.29", torch_tensorrt="2.14", tensorrt="11.1", cuda="13.0", python="3.10-3.13", constraints="cuda13.txt",
              install="pip install -e '.[tensorrt]' -c constraints/cuda13.txt --extra-index-url https://pypi.nvidia.com",
              tested="CPU checks here (export, INT8 program by ModelOpt emulation, sidecar round trip); "
                     "pip resolves the pins (dry run); no CUDA machine was at hand"),
     Platform("jetpack6", "Jetson Orin, JetPack 6.2 (L4T r36.4)", "aarch64", torch="2.8", torchvision="0.23",
-             torch_tensorrt="2.8", tensorrt="10.3", cuda="12.6", python="3.10",
+             torch_tensorrt="2.8", tensorrt="10.3", cuda="12.6", python="3.10", constraints="jetpack6.txt",
              install="pip install -e '.[tensorrt]' -c constraints/jetpack6.txt --extra-index-url "
                      "https://pypi.jetson-ai-lab.dev/jp6/cu126",
              tested="the code's lower bound (torch 2.8) is exercised on CPU by .ci/lower-bound; no Jetson was at hand"),
     Platform("jetpack7", "Jetson Thor, JetPack 7 (CUDA 13, SBSA)", "aarch64", torch="2.14", torchvision="0.29",
-             torch_tensorrt="2.14", tensorrt="11.1", cuda="13.0", python="3.12",
+             torch_tensorrt="2.14", tensorrt="11.1", cuda="13.0", python="3.12", constraints="cuda13.txt",
              install="pip install -e '.[tensorrt]' -c constraints/cuda13.txt --extra-index-url https://pypi.nvidia.com "
                      "(Torch-TensorRT ships aarch64 SBSA wheels for Thor on PyPI)",
              tested="not run: the same pins as cuda13 on aarch64"),

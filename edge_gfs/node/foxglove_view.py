@@ -46,11 +46,8 @@ class FoxgloveView:
     """A Foxglove WebSocket server in its own foxglove.Context (so nothing else the process logs leaks into it)."""
 
     def __init__(self, address: str) -> None:
-        try:
-            host, port = F.parse_address(address)
-            fox = F.require()
-        except (ValueError, F.FoxgloveMissing) as e:
-            raise StartupError(f"--foxglove: {e}") from None
+        host, port = F.parse_address(address)  # checked, with its message, by NodeConfig.check before the model loads
+        fox = F.require()
         self.ctx = fox.Context()
         self.channels = {topic: self._channel(fox, topic) for topic in F.CHANNELS}
         try:
@@ -63,7 +60,7 @@ class FoxgloveView:
         self.stop = threading.Event()
         self.sent = 0  # frames encoded and sent (0 while no client watches: the status topic shows it)
         self._classes: list[dict] | None = None
-        self._lut: tuple[int, np.ndarray] | None = None  # (id of the class list it was built from, RGB table)
+        self._lut: tuple[list[dict], np.ndarray] | None = None  # (the class list it was built from, RGB table)
         self._thread = threading.Thread(target=self._run, name="foxglove", daemon=True)
         self._thread.start()
         log.info("foxglove: serving %s on ws://%s (open it in Foxglove: Open connection > Foxglove WebSocket; "
@@ -115,8 +112,8 @@ class FoxgloveView:
         if ch[F.TOPIC_IMAGE].has_sinks():
             ch[F.TOPIC_IMAGE].log(F.camera_image(s.frame, s.bgr), log_time=stamp)
         if ch[F.TOPIC_COLOR].has_sinks():
-            if self._lut is None or self._lut[0] != id(s.classes):  # one class list per snapshot: rebuilt on teach
-                self._lut = (id(s.classes), F.rgb_lut(palette_bgr(class_colors(s.classes))))
+            if self._lut is None or self._lut[0] is not s.classes:  # one class list per snapshot: rebuilt on teach
+                self._lut = (s.classes, F.rgb_lut(palette_bgr(class_colors(s.classes))))
             lut = self._lut[1]
             ch[F.TOPIC_COLOR].log(F.label_color(stamp, fid, s.labels, lut), log_time=stamp)
         if ch[F.TOPIC_IDS].has_sinks():
