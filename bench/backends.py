@@ -1,13 +1,16 @@
 """CPU backends for the feature extractor, timed in one run on this machine: what `--target cpu` ships.
 
-    python bench/backends.py                          # 192x256 and 360x480, 2 threads, + node fps eager vs cpu
+    python bench/backends.py                          # 288x384 and 352x480, 2 threads, + node fps eager vs cpu
     python bench/backends.py --sizes 192x256 --iters 30 --node-duration 0 --out /tmp/b
+    python bench/backends.py --only onnxruntime,openvino-bf16,onnxruntime-int8,openvino-int8 --node-duration 0
 
 Per size (batch 1, median / p90 ms over --iters calls after a warm-up, in 10 interleaved rounds): eager PyTorch, torch.compile
 (Inductor, weights frozen), AOTInductor (the exported program, packaged), ONNX Runtime (the ONNX file of the
 exported program, as shipped: no spinning; and with spinning, for reference), OpenVINO (the same ONNX file,
-and its direct conversion of the exported program; LATENCY hint). Each is checked against eager (max abs
-feature difference) before it is timed. The compute floor is the extractor's FLOPs
+and its direct conversion of the exported program; LATENCY hint), and the low precisions `edge-gfs compile
+--target cpu --precision bf16|int8` builds (OpenVINO bf16 of the same file; the INT8 QDQ file, calibrated on 64
+train frames, on ONNX Runtime and on OpenVINO). Each is checked against eager (max abs feature difference and
+median per-pixel cosine of the features) before it is timed. The compute floor is the extractor's FLOPs
 (torch.utils.flop_counter) over the fp32 matmul rate measured in the same run on the same threads.
 
 Then, unless --node-duration 0: the node end to end (bench/node_latency.py, closed loop: the next frame is
@@ -35,9 +38,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from calib import export_extractor  # noqa: E402
+from calib.build import calibration_batches  # noqa: E402
 from calib.cpu import export_onnx  # noqa: E402
-from edge_gfs.backends.onnxruntime import (OnnxRuntimeExtractor, OpenVinoExtractor, cpu_name,  # noqa: E402
-                                          runtime_versions, version)
+from calib.quantize import quantize  # noqa: E402
+from edge_gfs.backends.cpu import cpu_name, runtime_versions  # noqa: E402
+from edge_gfs.backends.cpu_features import describe as cpu_features  # noqa: E402
+from edge_gfs.backends.onnxruntime import OnnxRuntimeExtractor  # noqa: E402
+from edge_gfs.backends.openvino import OpenVinoExtractor  # noqa: E402
 from edge_gfs.core import zoo  # noqa: E402
 
 
@@ -105,13 +112,25 @@ def candidates(model, hw: tuple[int, int], work: Path, x: torch.Tensor, threads:
     def ov_ep():
         return OpenVinoExtractor(export_extractor(model, hw), threads)
 
+    int8_path = work / f"ext-{hw[0]}x{hw[1]}-int8.onnx"
+
+    def int8_file() -> Path:
+        if not int8_path.exists():
+            quantize(onnx_file(), int8_path, calibration_batches("camvid", hw))
+        return int8_path
+
     return [("eager", "PyTorch eager, torch.no_grad", eager),
             ("torch.compile", "Inductor, freezing=True, dynamic=False", compiled),
             ("AOTInductor", "aoti_compile_and_package(exported program), freezing=True", aoti),
             ("onnxruntime", "ONNX of the exported program, ORT_ENABLE_ALL, sequential, no spinning (shipped)", ort(False)),
             ("onnxruntime+spin", "as above with intra-op spinning (ORT's default)", ort(True)),
             ("openvino", "the same ONNX file, PERFORMANCE_HINT=LATENCY, f32", ov_onnx),
-            ("openvino-ep", "ov.convert_model(exported program), LATENCY, f32", ov_ep)]
+            ("openvino-ep", "ov.convert_model(exported program), LATENCY, f32", ov_ep),
+            ("openvino-bf16", "the same ONNX file, LATENCY, INFERENCE_PRECISION_HINT=bf16 (compile --precision bf16)",
+             lambda: OpenVinoExtractor(onnx_file(), threads, "bf16")),
+            ("onnxruntime-int8", "INT8 QDQ file (calib/quantize.py), ONNX Runtime as shipped",
+             lambda: OnnxRuntimeExtractor(int8_file(), threads)),
+            ("openvino-int8", "the same INT8 QDQ file on OpenVINO, LATENCY", lambda: OpenVinoExtractor(int8_file(), threads, "int8"))]
 
 
 def bench_size(model, hw: tuple[int, int], args: argparse.Namespace, work: Path, rates: list[float]) -> dict:
@@ -131,7 +150,9 @@ def bench_size(model, hw: tuple[int, int], args: argparse.Namespace, work: Path,
             t0 = time.perf_counter()
             fn = build()
             row["build_s"] = round(time.perf_counter() - t0, 1)
-            row["max_abs_diff"] = float((fn(x) - ref).abs().max())
+            y = fn(x)
+            row["max_abs_diff"] = float((y - ref).abs().max())
+            row["median_cosine"] = round(float(torch.nn.functional.cosine_similarity(y, ref, dim=1).median()), 5)
             for _ in range(args.warmup):
                 fn(x)
             fns[name] = fn
@@ -178,14 +199,14 @@ def markdown(r: dict) -> str:
     for s in r["sizes"]:
         h, w = s["input_hw"]
         lines += [f"## {h}x{w} (model {r['model']}, {s['extractor_gflops']:.2f} GFLOP, floor {s['floor_ms']:.1f} ms)", "",
-                  "| backend | median ms | p90 ms | x floor | max abs diff vs eager | build s | how |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| backend | median ms | p90 ms | x floor | max abs diff vs eager | median cosine | build s | how |",
+                  "|---|---|---|---|---|---|---|---|"]
         for x in s["rows"]:
             if "error" in x:
-                lines.append(f"| {x['backend']} | - | - | - | - | - | failed: {x['error']} |")
+                lines.append(f"| {x['backend']} | - | - | - | - | - | - | failed: {x['error']} |")
                 continue
             lines.append(f"| {x['backend']} | {x['median_ms']} | {x['p90_ms']} | {x['x_floor']} | "
-                         f"{x['max_abs_diff']:.1e} | {x['build_s']} | {x['how']} |")
+                         f"{x['max_abs_diff']:.1e} | {x['median_cosine']} | {x['build_s']} | {x['how']} |")
         lines.append(f"\nFeatures are of magnitude up to {s['feature_scale']}.\n")
     if r.get("node"):
         lines += ["## The node end to end (bench/node_latency.py, closed loop, 360x480 CamVid test JPEGs)", "",
@@ -197,14 +218,14 @@ def markdown(r: dict) -> str:
             lines.append(f"| {n['backend']} | {n['fps']} | {n['latency_ms']['p50']} | {n['latency_ms']['p95']} | "
                          f"{st.get('extractor', '-')} | {n['cpu_percent']} | {k5} |")
         lines.append("")
-    lines += ["Shipped as `edge-gfs compile --target cpu`: " + r["decision"], ""]
+    lines += ["Shipped as `edge-gfs compile --target cpu --precision fp32|bf16|int8|auto`: " + r["decision"], ""]
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="camvid-fold0")
-    p.add_argument("--sizes", default="192x256,360x480")
+    p.add_argument("--sizes", default="288x384,352x480", help="the shipped profiles: the default and the accurate one")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
@@ -242,16 +263,17 @@ def main() -> int:
     for s in results:
         ok = [x for x in s["rows"] if "error" not in x]
         best[f"{s['input_hw'][0]}x{s['input_hw'][1]}"] = min(ok, key=lambda x: x["median_ms"])["backend"] if ok else None
-    decision = (f"ONNX Runtime (no spinning). Fastest per size in this run: "
-                f"{', '.join(f'{k}: {v}' for k, v in best.items())}. ONNX Runtime and OpenVINO are close; ONNX "
-                f"Runtime ships because its wheel is smaller, one session is thread-safe (the node's stream and "
-                f"teach threads share it) and it needs no per-thread infer requests. Its intra-op spinning is off: a "
-                f"few % faster alone, but it busy-waits on the cores the rest of the frame and the teach thread need.")
+    decision = (f"fp32, bf16 or int8 on ONNX Runtime (no spinning) or OpenVINO, whichever `edge-gfs compile "
+                f"--target cpu` times faster on the machine it runs on (the sidecar records both times). Fastest per "
+                f"size in this run: {', '.join(f'{k}: {v}' for k, v in best.items())}. ONNX Runtime's intra-op "
+                f"spinning is off: a few % faster alone, but it busy-waits on the cores the rest of the frame and the "
+                f"teach thread need.")
     report = {"model": args.model, "command": "python bench/backends.py " + " ".join(sys.argv[1:]),
-              "machine": f"{cpu_name()}, {os.cpu_count()} CPUs", "threads": args.threads,
+              "machine": f"{cpu_name()}, {os.cpu_count()} CPUs ({', '.join(cpu_features()['features'])})",
+              "threads": args.threads,
               "loadavg_start": list(load0), "loadavg_end": list(load1), "matmul_gflops_per_s": round(rate, 1),
               "matmul_gflops_per_s_samples": [round(r, 1) for r in rates],
-              "versions": runtime_versions() | {"openvino": version("openvino")}, "sizes": results, "node": node,
+              "versions": runtime_versions(), "sizes": results, "node": node,
               "decision": decision}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "backends.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -3,6 +3,11 @@
     edge-gfs compile --model camvid-fold0 --target cpu    # once: the CPU artifact the `cpu` backend runs
     python bench/node_latency.py                          # eager and cpu; 5/10/30 Hz, closed loop, flood; 20 s each
     python bench/node_latency.py --backends eager --duration 8 --threads 1 --out /tmp/lat
+    python bench/node_latency.py --model camvid --backends cpu:fp32,cpu:bf16,cpu:int8 --name node_latency_precision
+
+A backend `cpu:PRECISION[:RUNTIME]` runs the node on that CPU artifact (`--engine`), compiled first through
+`edge-gfs compile`'s code into the artifact cache when it is not there yet (with a RUNTIME, `compile --runtime`,
+into the cache's bench/ folder).
 
 Processes as deployed: the node is a subprocess (`edge-gfs run`); this process publishes CamVid test frames
 (360x480, the dataset's own JPEG bytes) and subscribes to the label maps. Latency = receipt time of a label
@@ -76,7 +81,9 @@ class Bench:
         state = Path("/tmp") / f"node_latency_{os.getpid()}"
         cmd = [sys.executable, "-m", "edge_gfs.cli", "run", "--model", args.model, "--state", str(state),
                "--threads", str(args.threads), "--status-period", "0.5", "--log-level", "warning",
-               "--backend", args.backend]
+               "--backend", args.backend.split(":")[0]]
+        if getattr(args, "engine", None):
+            cmd += ["--engine", str(args.engine)]
         if args.input_size:
             cmd += ["--input-size", f"{args.input_size[0]}x{args.input_size[1]}"]
         for k, v in self.eps.items():
@@ -209,6 +216,25 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def precision_artifact(model, model_name: str, backend: str) -> Path:
+    """`cpu:PRECISION[:RUNTIME]` -> that CPU artifact, compiled (and parity-gated) first if it is missing."""
+    from edge_gfs.backends.artifact import ArtifactError, artifacts_root, cache_path
+    from edge_gfs.core.model import model_checksum
+    target, precision, *runtime = backend.split(":")
+    if target != "cpu":
+        raise ArtifactError(f"backend {backend!r}: only cpu:PRECISION takes a precision (cpu:fp32, cpu:int8:onnxruntime)")
+    hw = tuple(model.cfg.input_hw)
+    path = cache_path(model_checksum(model), "cpu", precision, hw)
+    if runtime:
+        path = artifacts_root() / "bench" / f"{model_name}-cpu-{precision}-{runtime[0]}-{hw[0]}x{hw[1]}.onnx"
+    if not path.is_file():
+        from calib.build import build_artifact
+        print(f"compiling {backend} for {model_name} ...", flush=True)
+        build_artifact(model, model_name, "cpu", precision, hw, out=path if runtime else None, progress=False,
+                       runtime=runtime[0] if runtime else None)
+    return path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="camvid-fold0")
@@ -227,9 +253,13 @@ def main() -> int:
         model = at_size(model, args.input_size)
     from edge_gfs.backends.artifact import ArtifactError
     from edge_gfs.backends.select import select
+    engines = {}
     for backend in args.backends.split(","):
         try:
-            select(model, args.model, backend)
+            if ":" in backend:
+                engines[backend] = precision_artifact(model, args.model, backend)
+            else:
+                select(model, args.model, backend)
         except ArtifactError as e:
             print(f"node_latency: {e}", file=sys.stderr)
             return 2
@@ -237,7 +267,7 @@ def main() -> int:
     print(f"compute floor: {floor}")
     reports = []
     for backend in args.backends.split(","):
-        args.backend = backend
+        args.backend, args.engine = backend, engines.get(backend)
         bench = Bench(args)
         try:
             runs = []
@@ -250,7 +280,9 @@ def main() -> int:
         finally:
             bench.close()
         load = os.getloadavg()
+        side = json.loads(Path(str(args.engine) + ".json").read_text()) if args.engine else {}
         reports.append({"model": args.model, "backend": backend, "threads_flag": args.threads,
+                        "artifact": {k: side.get(k) for k in ("precision", "runtime", "file")} if side else None,
                         "command": "python bench/node_latency.py " + " ".join(sys.argv[1:]),
                         "machine": f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end", "floor": floor,
                         "runs": runs, "teach": teach})

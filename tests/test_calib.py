@@ -94,7 +94,9 @@ def test_cpu_artifact_lands_in_the_cache_with_its_sidecar(model, built, cache):
     d = json.loads(sidecar_path(path).read_text())
     assert d["format"] == FORMAT and d["model"] == MODEL and d["model_checksum"] == model_checksum(model)
     assert d["input_hw"] == list(model.cfg.input_hw) and d["target"] == "cpu" and d["precision"] == "fp32"
-    assert d["runtime"] == "onnxruntime" and d["file"] == path.name
+    timings = d["cpu"]["timings_ms"]  # the runtime was chosen by timing both on this machine
+    assert d["runtime"] == min(timings, key=timings.get) and set(timings) <= {"onnxruntime", "openvino"}
+    assert d["file"] == path.name and d["cpu"]["needs_any"] == []
     assert {"torch", "onnxruntime"} <= set(d["versions"]) and d["created"]
     assert d["parity"]["passed"] and d["parity"]["frames"] == 4 and d["parity"]["split"] == "val"
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp files left behind
@@ -103,12 +105,13 @@ def test_cpu_artifact_lands_in_the_cache_with_its_sidecar(model, built, cache):
 def test_cpu_artifact_passes_parity_and_gives_eager_features(model, built):
     path, side = built
     assert side.parity["pixel_agreement_pct"] >= 99.5 and side.parity["miou_delta"] <= 0.3
-    from edge_gfs.backends.onnxruntime import load_cpu
-    runner = load_cpu(path, threads=1)
-    x = torch.rand(2, 3, *model.cfg.input_hw) * 255  # batch 2 on a batch-1 graph: frame by frame
-    with torch.no_grad():
-        ref = model.extractor(x)
-    torch.testing.assert_close(runner(x), ref, rtol=1e-3, atol=1e-3)
+    from edge_gfs.backends.cpu import load_cpu
+    for runtime in ("onnxruntime", "openvino"):  # whichever the build picked, both run the file
+        runner = load_cpu(path, runtime, "fp32", threads=1)
+        x = torch.rand(2, 3, *model.cfg.input_hw) * 255  # batch 2 on a batch-1 graph: frame by frame
+        with torch.no_grad():
+            ref = model.extractor(x)
+        torch.testing.assert_close(runner(x), ref, rtol=1e-3, atol=1e-3)
 
 
 def test_parity_catches_a_wrong_extractor(model, data):
@@ -124,8 +127,10 @@ def test_compile_check_reruns_parity_and_updates_the_sidecar(model, built):
 
 
 def test_compile_command_errors_say_what_to_do(capsys, built):
-    assert compile_main(["--model", MODEL, "--target", "cpu", "--precision", "int8", "--quiet"]) == 2
-    assert "--precision fp32" in capsys.readouterr().err
+    assert compile_main(["--model", MODEL, "--target", "cpu", "--precision", "fp16", "--quiet"]) == 2
+    assert "use one of fp32, bf16, int8 or auto" in capsys.readouterr().err
+    assert compile_main(["--model", MODEL, "--target", "tensorrt", "--precision", "bf16", "--quiet"]) == 2
+    assert "use one of fp32, fp16, int8" in capsys.readouterr().err
     assert compile_main(["--model", MODEL, "--target", "cpu", "--size", "64x96", "--check", "--quiet"]) == 2
     assert "edge-gfs compile" in capsys.readouterr().err  # no artifact at that size: how to build one
 

@@ -19,11 +19,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edge_gfs.backends.cpu_features import missing
 from edge_gfs.core.files import atomic_write_text
 
 FORMAT = "edge-gfs-artifact/1"
 TARGETS = ("cpu", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # fp16: TensorRT; bf16: CPU (OpenVINO)
 SUFFIX = {"cpu": ".onnx", "tensorrt": ".pt2"}
 
 
@@ -80,7 +81,7 @@ class Sidecar:
     input_hw: list[int]
     target: str
     precision: str
-    runtime: str  # what runs it: onnxruntime, torch_tensorrt
+    runtime: str  # what runs it: onnxruntime, openvino, torch_tensorrt
     file: str  # the artifact's file name (the sidecar sits beside it)
     file_sha256: str
     versions: dict[str, str]
@@ -89,6 +90,7 @@ class Sidecar:
     parity: dict | None = None
     engine: dict | None = None  # TensorRT: layers per precision and output dtype, read back from the engine
     platform: str | None = None  # TensorRT: the support-matrix row it was built on (backends/support.py)
+    cpu: dict | None = None  # CPU: this CPU's features, what the artifact needs (needs_any), timings, runtime chosen
     format: str = FORMAT
 
     def to_json(self) -> str:
@@ -100,7 +102,7 @@ class Sidecar:
             raise ArtifactError(f"{where} is not an edge-gfs artifact sidecar (expected format {FORMAT}, got "
                                 f"{d.get('format') if isinstance(d, dict) else type(d).__name__}): rebuild it with "
                                 f"edge-gfs compile")
-        optional = ("device", "created", "parity", "engine", "platform")
+        optional = ("device", "created", "parity", "engine", "platform", "cpu")
         missing = [k for k in cls.__dataclass_fields__ if k not in d and k not in optional]
         if missing:
             raise ArtifactError(f"{where} lacks {', '.join(missing)}: rebuild it with edge-gfs compile")
@@ -153,18 +155,21 @@ def verify(artifact: Path, sidecar: Sidecar, model_name: str, checksum: str, inp
         raise ArtifactError(f"{artifact} does not match its sidecar (changed or half-written): re-run {redo}")
     problems = env_problems(sidecar, env)
     if problems:
+        if sidecar.target == "cpu" and sidecar.precision != "fp32":  # auto picks what this CPU runs well
+            redo = compile_command(model_name, "cpu", input_hw, "auto")
         where = " on this device" if sidecar.target == "tensorrt" else ""
         tail = " (it builds the engine there from the .pt model: an engine never crosses machines or torch versions)" if where else ""
         raise ArtifactError(f"{artifact} cannot run here: {'; '.join(problems)}: re-run {redo}{where}{tail}")
 
 
-def env_problems(sidecar: Sidecar, env: dict[str, str | int | float | None]) -> list[str]:
+def env_problems(sidecar: Sidecar, env: dict) -> list[str]:
     """What differs between where an artifact was built and here. A pure function of (sidecar, env).
 
     TensorRT engines are tied to the GPU model (compute capability) and the TensorRT version, so those must
     match exactly; the engine travels in a torch.export archive, which only the torch release that wrote it is
     sure to read, so torch must match too (local build tags such as +cu130 aside). An ONNX file is portable: it
-    only needs its runtime to be installed.
+    needs its runtime, and a bf16 or INT8 one a CPU with the instructions it was built for (env["cpu_flags"]:
+    the flags of /proc/cpuinfo; sidecar.cpu["needs_any"]).
     """
     problems: list[str] = []
     if sidecar.target == "tensorrt":
@@ -183,4 +188,9 @@ def env_problems(sidecar: Sidecar, env: dict[str, str | int | float | None]) -> 
         runtime = sidecar.runtime
         if not env.get(runtime):
             problems.append(f"its runtime {runtime} is not installed (pip install -e .)")
+        needs = (sidecar.cpu or {}).get("needs_any") or []
+        why = missing(needs, frozenset(env.get("cpu_flags") or ()))
+        if why:
+            problems.append(f"this {sidecar.precision} artifact was built on a {(sidecar.device or {}).get('cpu', 'CPU')} "
+                            f"and {why}")
     return problems

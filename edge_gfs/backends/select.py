@@ -37,24 +37,24 @@ class Backend:
     note: str  # why this one, for the log
 
 
-def environment(target: str) -> dict[str, str | int | float | None]:
+def environment(target: str) -> dict:
     """What an artifact of `target` needs from this machine (compared by artifact.env_problems)."""
     if target == "tensorrt":
         from edge_gfs.backends.tensorrt import environment as trt_env
         return trt_env()
-    try:
-        import onnxruntime
-        return {"onnxruntime": onnxruntime.__version__}
-    except ImportError:
-        return {"onnxruntime": None}
+    from edge_gfs.backends.cpu import RUNTIMES, version
+    from edge_gfs.backends.cpu_features import cpu_flags
+    runtimes = {r for rs in RUNTIMES.values() for r in rs}
+    return {r: (None if version(r) == "absent" else version(r)) for r in sorted(runtimes)} | {"cpu_flags": cpu_flags()}
 
 
-def load_runner(target: str, path: Path, device: str = "cuda") -> Extractor:
-    if target == "tensorrt":
+def load_runner(side: Sidecar, path: Path, device: str = "cuda") -> Extractor:
+    """The runner an artifact's sidecar asks for (its target, and on the CPU its runtime and precision)."""
+    if side.target == "tensorrt":
         from edge_gfs.backends.tensorrt import load
         return load(path, device)
-    from edge_gfs.backends.onnxruntime import load_cpu
-    return load_cpu(path)
+    from edge_gfs.backends.cpu import load_cpu
+    return load_cpu(path, side.runtime, side.precision)
 
 
 def open_artifact(path: Path, model_name: str, checksum: str, input_hw: tuple[int, int],
@@ -70,7 +70,7 @@ def open_artifact(path: Path, model_name: str, checksum: str, input_hw: tuple[in
             raise ArtifactError(f"{path} is a TensorRT engine but {why}: on this machine run "
                                 f"{compile_command(model_name, 'cpu', input_hw)} and --backend cpu")
     verify(path, side, model_name, checksum, input_hw, environment(side.target) if env is None else env)
-    return side, load_runner(side.target, path, device)
+    return side, load_runner(side, path, device)
 
 
 class CudaExtractor:

@@ -143,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
                 model = at_size(model, cfg.input_hw)
             backend = select_backend(model, cfg.model, cfg.backend, cfg.engine)  # ArtifactError says what to run
             seg = Segmenter(model, extractor=backend.extractor)
+            if backend.name == "cpu":
+                # The artifact's runtime has its own thread pool, sized above. What torch still does on this
+                # (stream) thread is preprocessing, DQCE and the classifier: small ops where waking a second
+                # OpenMP worker costs more than it saves (classifier 0.9 vs 1.2-1.4 ms a frame), and whose idle
+                # workers then spin on the cores the runtime needs next (INT8 node +7% flooded; docs/backends.md).
+                # The teach thread keeps its own setting.
+                torch.set_num_threads(1)
             store = StateStore(cfg.state_dir)
             store.lock()
             fresh = Registry.fresh(model_checksum(model), cfg.model, model.cfg.class_names, model.cfg.base_classes,
