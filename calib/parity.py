@@ -110,13 +110,13 @@ def _class_changes(s_e: dict, s_c: dict) -> dict[str, float]:
             if iou is not None and s_c["per_class"][name] is not None}
 
 
-def check_parity(model: CaplModel, extractor: Callable[[torch.Tensor], torch.Tensor], precision: str,
+def check_parity(model: CaplModel, extractor: Callable[[torch.Tensor], torch.Tensor], precision: str | Gate,
                  frames: Frames, progress: bool = True, per_frame: list[float] | None = None,
                  train: Dataset | None = None) -> dict:
-    """Label maps of eager vs compiled on the frames, against the precision's Gate -> a dict with `passed`.
-    `per_frame`, when given, receives each frame's agreement % (for benches that want the spread); `train` is
-    where the teaching check draws its shots (CamVid's train split by default)."""
-    gate = GATES[precision]
+    """Label maps of eager vs compiled on the frames, against the precision's Gate (or a Gate given, for
+    benches) -> a dict with `passed`. `per_frame`, when given, receives each frame's agreement % (for benches
+    that want the spread); `train` is where the teaching check draws its shots (CamVid's train split by default)."""
+    gate = precision if isinstance(precision, Gate) else GATES[precision]
     eager = Segmenter(model)
     compiled = Segmenter(model, extractor=extractor)
     cls, base = model.cfg.class_names, model.cfg.base_classes

@@ -16,7 +16,7 @@ fuses into integer kernels and OpenVINO reads as FakeQuantize.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,7 @@ METHODS = ("minmax", "percentile")
 class Recipe:
     method: str = "minmax"  # how activation ranges are calibrated
     exclude: tuple[str, ...] = ("first",)  # "first" and/or "last": keep that convolution in fp32
-    percentile: float = 99.999
-    extra: dict = field(default_factory=dict, hash=False, compare=False)
+    percentile: float = 99.999  # with method "percentile": the activation percentile kept
 
     def describe(self) -> str:
         kept = f", fp32 {'+'.join(self.exclude)} conv" if self.exclude else ""
@@ -78,7 +77,7 @@ def quantize(fp32_onnx: Path, out: Path, batches: list[torch.Tensor], recipe: Re
     try:
         quantize_static(str(fp32_onnx), str(out), Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-                        nodes_to_exclude=excluded, extra_options=extra | recipe.extra)
+                        nodes_to_exclude=excluded, extra_options=extra)
     finally:
         root.setLevel(level)
     return {"recipe": recipe.describe(), "method": recipe.method, "excluded_nodes": excluded,
