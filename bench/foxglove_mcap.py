@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edge_gfs.data.datasets import camvid  # noqa: E402
-from edge_gfs.ui.overlay import class_colors, palette_bgr  # noqa: E402
+from edge_gfs.ui.overlay import palette_rgb  # noqa: E402
 from edge_gfs.wire import foxglove_msgs as F  # noqa: E402
 from edge_gfs.wire import mcap_log  # noqa: E402
 from edge_gfs.wire import protocol as P  # noqa: E402
@@ -182,7 +182,7 @@ def view_cost(data) -> dict:
     jpg = data.image_path("test", name).read_bytes()
     labels = data.read("test", name)[1]
     frame = P.make_frame(data=jpg, encoding="jpeg", seq=1, stamp_ns=1, frame_id="camera")
-    lut = F.rgb_lut(palette_bgr(class_colors([])))
+    lut = palette_rgb([])
     res = {}
     for what, fn in (("camera_image", lambda: F.camera_image(frame)),
                      ("label_color", lambda: F.label_color(1, "camera", labels, lut)),

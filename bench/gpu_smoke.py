@@ -78,8 +78,7 @@ def check_engine(model, precision: str, hw: tuple[int, int], work: Path, args, x
             "platform": side.platform, "check_compile": "PASS" if side.parity["passed"] else "FAIL"}
     runner = TensorRTExtractor(path)
     ref = runner(x)
-    # fresh process, through the node's loader
-    torch.save(x, work / "x.pt")
+    # fresh process, through the node's loader (main saved x to work/x.pt)
     code = FRESH.format(repo=str(REPO), model=MODEL, path=str(path), hw=tuple(hw), x=str(work / "x.pt"),
                         out=str(work / f"{precision}.out.pt"))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -141,7 +140,8 @@ def main() -> int:
                     "row": support.describe(env) if env.get("torch_tensorrt") else "no torch_tensorrt",
                     "tensorrt": "present" if ok else f"absent: {why}", "dry_run": dry}
     print(f"gpu_smoke: {report['env']}; TensorRT {report['tensorrt']}", flush=True)
-    model = at_size(zoo.load(MODEL)[0], hw)
+    base = zoo.load(MODEL)[0]  # each engine build copies what it changes (quantized_program deep-copies)
+    model = at_size(base, hw)
     device = "cpu" if dry else "cuda"
     net = model.extractor.eval().to(device)
     x = torch.rand(1, 3, *hw) * 255
@@ -160,9 +160,10 @@ def main() -> int:
     engines = {}
     if ok and not dry:
         work = Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
+        torch.save(x, work / "x.pt")  # the input the fresh-process check feeds each engine
         for precision in ("fp16", "int8"):
             try:
-                engines[precision] = check_engine(zoo.load(MODEL)[0], precision, hw, work, args, x)
+                engines[precision] = check_engine(base, precision, hw, work, args, x)
                 fps[f"tensorrt_{precision}"] = engines[precision]["fps"]
             except Exception as e:
                 engines[precision] = {"check_compile": "FAIL", "error": f"{type(e).__name__}: {str(e)[:2000]}"}

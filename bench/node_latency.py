@@ -251,7 +251,7 @@ def main() -> int:
     model, _ = zoo.load(args.model)
     if args.input_size:
         model = at_size(model, args.input_size)
-    from edge_gfs.backends.artifact import ArtifactError
+    from edge_gfs.backends.artifact import ArtifactError, read_sidecar
     from edge_gfs.backends.select import select
     engines = {}
     for backend in args.backends.split(","):
@@ -280,9 +280,9 @@ def main() -> int:
         finally:
             bench.close()
         load = os.getloadavg()
-        side = json.loads(Path(str(args.engine) + ".json").read_text()) if args.engine else {}
+        side = read_sidecar(args.engine) if args.engine else None
         reports.append({"model": args.model, "backend": backend, "threads_flag": args.threads,
-                        "artifact": {k: side.get(k) for k in ("precision", "runtime", "file")} if side else None,
+                        "artifact": side and {"precision": side.precision, "runtime": side.runtime, "file": side.file},
                         "command": "python bench/node_latency.py " + " ".join(sys.argv[1:]),
                         "machine": f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end", "floor": floor,
                         "runs": runs, "teach": teach})

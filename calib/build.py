@@ -79,8 +79,8 @@ def compile_checked(model: CaplModel, model_name: str, target: str, precision: s
         from edge_gfs.backends import tensorrt as trt_runtime
 
         from . import tensorrt as trt
-        engine = trt.build(model, input_hw, precision, tmp, batches)
         env = trt_runtime.environment()
+        engine = trt.build(model, input_hw, precision, tmp, batches, env)
         runtime = trt_runtime.RUNTIME
         versions, device = trt_runtime.sidecar_fields(env)
         platform = " or ".join(p.key for p in support.rows_for(env)) or None
@@ -104,7 +104,6 @@ def build_auto(model: CaplModel, model_name: str, input_hw: tuple[int, int] | No
     """`compile --target cpu --precision auto`: every precision this CPU has the instructions for is built and
     gated; those that pass are timed again side by side, and the fastest is installed (the sidecar's
     cpu.auto says what was tried, skipped and why)."""
-    from edge_gfs.backends import cpu_features
     from edge_gfs.backends.cpu import load_cpu
 
     from .cpu import check_runnable, time_runners
@@ -145,8 +144,7 @@ def build_auto(model: CaplModel, model_name: str, input_hw: tuple[int, int] | No
         for t in tried:
             t["median_ms"] = timings.get(t["precision"])
         tmp, dest, side = built[chosen]
-        features = cpu_features.describe()["features"]
-        side.cpu["auto"] = {"chosen": chosen, "tried": tried, "skipped": skipped, "features": features}
+        side.cpu["auto"] = {"chosen": chosen, "tried": tried, "skipped": skipped}  # the CPU's features: side.cpu
         log.info("auto: %s (%s); tried %s; skipped %s", chosen, side.runtime,
                  ", ".join(f"{p} {ms:.2f} ms" for p, ms in timings.items()),
                  ", ".join(f"{p} ({why})" for p, why in skipped.items()) or "none")

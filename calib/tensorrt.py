@@ -2,7 +2,7 @@
 
 Everything here imports torch_tensorrt (and, for INT8, NVIDIA ModelOpt) lazily, because CI and CPU robots
 have neither; `edge_gfs.backends.tensorrt.available()` says why the path cannot run. What this path consumes
-is tested on CPU (tests/test_calib.py): the exported program at a static size, the INT8 program ModelOpt
+is tested on CPU (tests/test_tensorrt_boundary.py): the exported program at a static size, the INT8 program ModelOpt
 produces (its emulation standing in for its CUDA kernels), the settings per Torch-TensorRT release, the
 engine-precision check, and the `.pt2` + sidecar round trip through the node's loader.
 
@@ -28,7 +28,7 @@ import re
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -127,7 +127,8 @@ def layer_datatypes(layer_info: dict) -> Counter | None:
     return counts
 
 
-def precision_problems(precision: str, datatypes: Counter | None, output_dtype: torch.dtype | None) -> list[str]:
+def precision_problems(precision: str, datatypes: Mapping[str, int] | None,
+                       output_dtype: torch.dtype | None) -> list[str]:
     """Why an engine is not the precision its name says (empty: it is). A pure function of what the engine reports."""
     if datatypes is None:
         return ["the engine reports only layer names, so its precision cannot be read back"]
@@ -169,8 +170,9 @@ def _detailed_profiling(compile_fn: Callable):
         ttrt_log.setLevel(ttrt_level)
 
 
-def engine_report(trt_gm: torch.nn.Module, example: torch.Tensor) -> dict:
-    """Layer precisions of every TensorRT engine in the compiled module, and the output dtype."""
+def engine_report(trt_gm: torch.nn.Module, example: torch.Tensor) -> tuple[dict, torch.dtype]:
+    """Layer precisions of every TensorRT engine in the compiled module and its output dtype (for the sidecar, as
+    plain JSON types), and the output dtype itself."""
     counts: Counter | None = Counter()
     engines = 0
     for _, sub in trt_gm.named_modules():
@@ -181,18 +183,20 @@ def engine_report(trt_gm: torch.nn.Module, example: torch.Tensor) -> dict:
     with torch.no_grad():
         out = trt_gm(example)
     return {"engines": engines, "layer_datatypes": None if counts is None else dict(counts),
-            "output_dtype": str(out.dtype).replace("torch.", "")}
+            "output_dtype": str(out.dtype).replace("torch.", "")}, out.dtype
 
 
 def build(model: CaplModel, input_hw: tuple[int, int], precision: str, path: Path,
-          calib_batches: Iterable[torch.Tensor] = ()) -> dict:
-    """Compile the extractor to a TensorRT engine, check its precision, save it as `.pt2`; returns the report."""
+          calib_batches: Iterable[torch.Tensor] = (), env: dict | None = None) -> dict:
+    """Compile the extractor to a TensorRT engine, check its precision, save it as `.pt2`; returns the report.
+    `env`: backends.tensorrt.environment(), probed here when the caller has not."""
     if precision == "int8":
         import_modelopt()  # first: torch_tensorrt registers its quantize converter only if ModelOpt imports
     require()
     import torch_tensorrt
-    from edge_gfs.backends.tensorrt import environment
-    env = environment()
+    if env is None:
+        from edge_gfs.backends.tensorrt import environment
+        env = environment()
     problems = support.pairing_problems(env)
     if problems:
         raise RuntimeError(f"{'; '.join(problems)}: install one row of the support matrix "
@@ -216,9 +220,8 @@ def build(model: CaplModel, input_hw: tuple[int, int], precision: str, path: Pat
              support.describe(env), settings)
     with _detailed_profiling(torch_tensorrt.dynamo.compile) as detail:
         trt_gm = torch_tensorrt.dynamo.compile(ep, inputs=[example], min_block_size=1, **settings, **detail)
-    report = engine_report(trt_gm, example)
-    problems = precision_problems(precision, None if report["layer_datatypes"] is None else
-                                  Counter(report["layer_datatypes"]), getattr(torch, report["output_dtype"]))
+    report, out_dtype = engine_report(trt_gm, example)
+    problems = precision_problems(precision, report["layer_datatypes"], out_dtype)
     if problems:
         raise RuntimeError(f"the built engine is not {precision}: {'; '.join(problems)}; nothing was installed")
     torch_tensorrt.save(trt_gm, str(path), output_format="exported_program", arg_inputs=[example])

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from node_harness import REPO, free_port, require_camvid, require_model, running_node
 
-from edge_gfs.ui.overlay import class_colors, palette_bgr
+from edge_gfs.ui.overlay import palette_rgb
 from edge_gfs.wire import foxglove_msgs as F
 
 pytest.importorskip("foxglove", reason=F.INSTALL_HINT)
@@ -145,7 +145,7 @@ def test_live_view_label_image_matches_the_zmq_label_map(viewed, data):
     assert classes is not None and {c["id"] for c in classes["classes"]} >= set(range(8))
     common = set(zmq_maps) & set(got[F.TOPIC_IDS])
     assert len(common) >= 3, (len(zmq_maps), len(got[F.TOPIC_IDS]))  # the view sees the newest frame, not all
-    lut = F.rgb_lut(palette_bgr(class_colors(classes["classes"])))
+    lut = palette_rgb(classes["classes"])
     for stamp in common:
         ids = got[F.TOPIC_IDS][stamp]
         assert ids.encoding == "mono8" and ids.frame_id == "camera"

@@ -135,14 +135,15 @@ def test_int8_program_has_qdq_nodes_and_tracks_the_fp32_features(model, int8_pro
     convs = sum(c for t, c in targets.items() if "conv" in t)
     assert convs > 20 and quant >= 2 * convs  # the input and the weight of every convolution
     x = calibration_batches("camvid", hw, count=6)[5]  # a train frame not among the 4 calibrated on
+    net = ep.module()
     with torch.no_grad():
         ref = model.extractor(x)
-        out = ep.module()(x)
+        out = net(x)
     cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
     assert out.shape == ref.shape and 0.9 < cos < 0.99999  # quantized (not identical), and close
     from calib.parity import GATES, check_parity, val_frames
     from edge_gfs.core.model import at_size
-    gate = check_parity(at_size(model, hw), ep.module(), "int8", val_frames(2), progress=False)
+    gate = check_parity(at_size(model, hw), net, "int8", val_frames(2), progress=False)
     # the int8 gate's thresholds; at this toy size and 4 calibration frames agreement is lower than the 99.33% of
     # the model's own size (bench/int8_gate.py), but a broken program is far below 90 (a flipped map: ~50)
     assert gate["thresholds"] == GATES["int8"].to_dict() and "taught" in gate  # the INT8 gate, teaching included

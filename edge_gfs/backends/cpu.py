@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 # per precision, the runtimes that can run it, in the order tried when the build cannot measure
@@ -32,6 +33,13 @@ def load_cpu(path: Path, runtime: str = "onnxruntime", precision: str = "fp32",
         raise ValueError(f"unknown CPU runtime {runtime!r}: use onnxruntime or openvino")
     from .onnxruntime import OnnxRuntimeExtractor
     return OnnxRuntimeExtractor(Path(path), threads)
+
+
+def frame_by_frame(run_one: Callable[[np.ndarray], np.ndarray], rgb: torch.Tensor) -> torch.Tensor:
+    """A (B,3,H,W) batch through a runner of the graph's static batch of 1 (the node's shape), as float32 numpy."""
+    x = np.ascontiguousarray(rgb.detach().cpu().numpy(), dtype=np.float32)
+    outs = [run_one(x[i:i + 1]) for i in range(x.shape[0])]
+    return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
 
 def runtime_versions() -> dict[str, str]:

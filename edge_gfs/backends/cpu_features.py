@@ -47,9 +47,7 @@ def describe(flags: frozenset[str] | None = None) -> dict[str, object]:
 
 
 def supports(precision: str, flags: frozenset[str] | None = None) -> bool:
-    needs = NEEDS_ANY.get(precision, ())
-    flags = cpu_flags() if flags is None else flags
-    return not needs or any(f in flags for f in needs)
+    return missing(NEEDS_ANY.get(precision, ()), flags) is None
 
 
 def missing(needs_any: list[str] | tuple[str, ...], flags: frozenset[str] | None = None) -> str | None:

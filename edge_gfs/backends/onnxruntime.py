@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from .cpu import frame_by_frame
 
 
 class OnnxRuntimeExtractor:
@@ -31,6 +32,4 @@ class OnnxRuntimeExtractor:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, rgb: torch.Tensor) -> torch.Tensor:
-        x = np.ascontiguousarray(rgb.detach().cpu().numpy(), dtype=np.float32)
-        outs = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(x.shape[0])]
-        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
+        return frame_by_frame(lambda x: self.session.run(None, {self.input_name: x})[0], rgb)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cpu import frame_by_frame
+
 HINT = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}  # int8: the quantized ops are int8, the rest stays fp32
 
 
@@ -40,9 +42,7 @@ class OpenVinoExtractor:
         request = getattr(self.local, "request", None)
         if request is None:
             request = self.local.request = self.compiled.create_infer_request()
-        x = np.ascontiguousarray(rgb.detach().cpu().numpy(), dtype=np.float32)
         # the input is read in place (no 1.3 MB copy per frame); the output is copied out of the request's
         # buffer, which its next call overwrites
-        outs = [np.array(request.infer([x[i:i + 1]], share_inputs=True).to_tuple()[0], dtype=np.float32)
-                for i in range(x.shape[0])]
-        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
+        return frame_by_frame(lambda x: np.array(request.infer([x], share_inputs=True).to_tuple()[0], dtype=np.float32),
+                              rgb)

@@ -44,8 +44,8 @@ def environment(target: str) -> dict:
         return trt_env()
     from edge_gfs.backends.cpu import RUNTIMES, version
     from edge_gfs.backends.cpu_features import cpu_flags
-    runtimes = {r for rs in RUNTIMES.values() for r in rs}
-    return {r: (None if version(r) == "absent" else version(r)) for r in sorted(runtimes)} | {"cpu_flags": cpu_flags()}
+    versions = {r: version(r) for r in sorted({r for rs in RUNTIMES.values() for r in rs})}
+    return {r: (None if v == "absent" else v) for r, v in versions.items()} | {"cpu_flags": cpu_flags()}
 
 
 def load_runner(side: Sidecar, path: Path, device: str = "cuda") -> Extractor:

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(flags) != 1:
             raise SourceError(f"give exactly one frame source: {alternatives()}")
         source = open_source(flags[0], getattr(args, flags[0]), args.loop)
+        fps = args.fps if args.fps is not None else source.default_fps
         pub = FramePublisher(args.frames, frame_id=args.frame_id)
     except SourceError as e:
         print(f"edge-gfs camera: {e}", file=sys.stderr)
@@ -65,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.wait > 0:
         pub.wait_for_subscriber(args.wait)
-    fps = args.fps if args.fps is not None else source.default_fps
     pacer = Pacer(fps)
     sent = 0
     try:

@@ -20,9 +20,11 @@ from pathlib import Path
 import zmq
 
 from edge_gfs.commands.flags import parse_with_config
-from edge_gfs.ui.overlay import class_colors, palette_bgr
+from edge_gfs.ui.overlay import palette_rgb
 from edge_gfs.wire import foxglove_msgs as F
+from edge_gfs.wire import mcap_log
 from edge_gfs.wire import protocol as P
+from edge_gfs.wire.client import FrameSubscriber, LabelSubscriber
 
 EXAMPLE = f"""examples:
   edge-gfs record drive.mcap                            # node on {P.DEFAULT_LABELS}, camera on {P.DEFAULT_FRAMES}
@@ -34,9 +36,6 @@ Exit codes: 0 written; 2 a local problem (a flag, the file, packages missing); 3
 Replay a recording with `edge-gfs camera --mcap drive.mcap` or `edge-gfs run --mcap drive.mcap`; open it in
 Foxglove with the layout docs/foxglove-layout.json.
 """
-
-RECV_MAX = 256 << 20
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-gfs record", description="Record a running node's frames, label maps, "
@@ -65,7 +64,6 @@ class Recorder:
     color: bool = True
     classes: list[dict] | None = None
     lut: object = None
-    events: int = 0
 
     def frame(self, payload: bytes, now_ns: int) -> None:
         frame = P.parse_frame(payload)  # header checked; the bytes are stored as they came
@@ -77,7 +75,7 @@ class Recorder:
         self.log.write(F.TOPIC_LEGEND, F.legend(lm.stamp_ns, lm.labels, self.classes or []), lm.stamp_ns, now_ns)
         if self.color:
             if self.lut is None:
-                self.lut = F.rgb_lut(palette_bgr(class_colors(self.classes or [])))
+                self.lut = palette_rgb(self.classes or [])
             self.log.write(F.TOPIC_COLOR, F.label_color(lm.stamp_ns, lm.frame_id, lm.labels, self.lut), lm.stamp_ns,
                            now_ns)
 
@@ -87,7 +85,6 @@ class Recorder:
         if self.classes != msg["classes"]:
             for e in F.class_events(self.classes, msg["classes"], msg["version"]):
                 self.log.write(F.TOPIC_EVENTS, F.json_bytes(e), now_ns)
-                self.events += 1
             self.classes, self.lut = msg["classes"], None
 
     def status(self, msg: dict, now_ns: int) -> None:
@@ -105,40 +102,28 @@ def progress_line(out: Path, counts: dict[str, int], total_bytes: int, parts: in
 
 def main(argv: list[str] | None = None) -> int:
     args, _ = parse_with_config(build_parser(), argv)
-    from edge_gfs.wire import mcap_log
     try:
         F.require()
         F.require("mcap")
     except F.FoxgloveMissing as e:
         print(f"edge-gfs record: {e}", file=sys.stderr)
         return 2
-    rotating = args.split_mb > 0 or args.split_minutes > 0
-    first = mcap_log.part_path(args.out, 0, rotating)
+    log = mcap_log.McapLog(args.out, split_bytes=int(args.split_mb * 2**20), split_s=args.split_minutes * 60)
+    first = mcap_log.part_path(args.out, 0, log.rotating)  # (the log opens its first file on the first write)
     if first.exists() and not args.overwrite:
         print(f"edge-gfs record: {first} exists; choose another name or pass --overwrite", file=sys.stderr)
         return 2
     ctx = zmq.Context()
     socks: dict[zmq.Socket, str] = {}
     try:
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.MAXMSGSIZE, RECV_MAX)
-        sub.setsockopt(zmq.RCVHWM, 1000)
-        for t in (P.TOPIC_LABELS, P.TOPIC_CLASSES, P.TOPIC_STATUS):
-            sub.setsockopt(zmq.SUBSCRIBE, t)
-        sub.connect(args.labels)
-        socks[sub] = "labels"
+        # the client's sockets; their messages are read raw here (a frame's pixels are stored, never decoded)
+        socks[LabelSubscriber(args.labels, ctx=ctx).sock] = "labels"
         if args.frames.lower() != "none":
-            fsub = ctx.socket(zmq.SUB)
-            fsub.setsockopt(zmq.MAXMSGSIZE, P.LIMITS.max_frame_bytes * P.SOCKET_SLACK)
-            fsub.setsockopt(zmq.RCVHWM, 1000)
-            fsub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_FRAME)
-            fsub.connect(args.frames)
-            socks[fsub] = "frames"
+            socks[FrameSubscriber(args.frames, ctx=ctx).sock] = "frames"
     except zmq.ZMQError as e:
         print(f"edge-gfs record: cannot connect to {args.labels} / {args.frames}: {e}", file=sys.stderr)
         ctx.destroy(0)
         return 2
-    log = mcap_log.McapLog(args.out, split_bytes=int(args.split_mb * 2**20), split_s=args.split_minutes * 60)
     rec = Recorder(log, color=not args.no_color)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_gfs.node.config import StartupError
 from edge_gfs.node.stream import LatestSlot
-from edge_gfs.ui.overlay import class_colors, palette_bgr
+from edge_gfs.ui.overlay import palette_rgb
 from edge_gfs.wire import foxglove_msgs as F
 from edge_gfs.wire import protocol as P
 
@@ -113,7 +113,7 @@ class FoxgloveView:
             ch[F.TOPIC_IMAGE].log(F.camera_image(s.frame, s.bgr), log_time=stamp)
         if ch[F.TOPIC_COLOR].has_sinks():
             if self._lut is None or self._lut[0] is not s.classes:  # one class list per snapshot: rebuilt on teach
-                self._lut = (s.classes, F.rgb_lut(palette_bgr(class_colors(s.classes))))
+                self._lut = (s.classes, palette_rgb(s.classes))
             lut = self._lut[1]
             ch[F.TOPIC_COLOR].log(F.label_color(stamp, fid, s.labels, lut), log_time=stamp)
         if ch[F.TOPIC_IDS].has_sinks():

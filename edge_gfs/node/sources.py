@@ -15,6 +15,7 @@ node/stream.py, with its own drop accounting.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,17 +154,20 @@ class McapSource:
             raise SourceError(f"no MCAP file at {path}")
         try:
             self.topic = mcap_log.image_topic(self.path)
-            self._fps = mcap_log.recorded_fps(self.path, self.topic)
-        except F.FoxgloveMissing as e:
-            raise SourceError(str(e)) from None
-        except ValueError as e:
+        except (F.FoxgloveMissing, ValueError) as e:
             raise SourceError(str(e)) from None
         self.label = f"mcap {path} {self.topic}"
         self._read = mcap_log.replay_images
 
-    @property
+    @functools.cached_property
     def default_fps(self) -> float | None:
-        return self._fps
+        """The recorded rate; it reads every image message once, so only when no --fps was given."""
+        from edge_gfs.wire import foxglove_msgs as F
+        from edge_gfs.wire import mcap_log
+        try:
+            return mcap_log.recorded_fps(self.path, self.topic)
+        except (F.FoxgloveMissing, ValueError) as e:
+            raise SourceError(str(e)) from None
 
     def __iter__(self) -> Iterator[SourceFrame]:
         while True:

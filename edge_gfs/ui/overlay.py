@@ -53,6 +53,11 @@ def palette_bgr(colors: dict[int, RGB] | None = None) -> np.ndarray:
     return lut
 
 
+def palette_rgb(classes: list[dict]) -> np.ndarray:
+    """(256,3) RGB lookup table of a `classes` message's table: what the Foxglove colour map and MCAP draw."""
+    return np.ascontiguousarray(palette_bgr(class_colors(classes))[:, ::-1])
+
+
 def overlay(frame_bgr: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
             colors: dict[int, RGB] | None = None) -> np.ndarray:
     colour = palette_bgr(colors)[labels]

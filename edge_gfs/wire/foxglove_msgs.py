@@ -114,12 +114,6 @@ def camera_image(frame: P.Frame, bgr: np.ndarray | None = None) -> bytes:
     return msg.encode()
 
 
-def rgb_lut(palette_bgr: np.ndarray) -> np.ndarray:
-    """(256,3) RGB lookup table from ui.overlay.palette_bgr (the class table's colours over the defaults, 255
-    black), so the colour map is what `edge-gfs view` draws. Passed in: the wire layer does not import ui."""
-    return np.ascontiguousarray(palette_bgr[:, ::-1])
-
-
 def raw_image(stamp_ns: int, frame_id: str, pixels: np.ndarray, encoding: str) -> bytes:
     h, w = pixels.shape[:2]
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]

@@ -10,7 +10,6 @@ The `mcap` package is imported on first use; without it, the caller gets one lin
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+from edge_gfs.core.files import install
 from edge_gfs.wire import foxglove_msgs as F
 
 
@@ -91,7 +91,7 @@ class McapLog:
         return self.closed_bytes + self.current_bytes()
 
     def write(self, topic: str, data: bytes, log_time: int, publish_time: int | None = None) -> None:
-        if self._writer is not None and self.rotating and (
+        if self._writer is not None and (
                 (self.split_bytes and self.current_bytes() >= self.split_bytes)
                 or (self.split_s and time.monotonic() - self._opened >= self.split_s)):
             self._finish()
@@ -104,10 +104,8 @@ class McapLog:
 
     def _finish(self) -> None:
         self._writer.finish()
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(partial(self.parts[-1]), self.parts[-1])
+        install(partial(self.parts[-1]), self.parts[-1])  # fsync, rename, fsync the folder
         self.closed_bytes += self.parts[-1].stat().st_size
         self._file = self._writer = None
 
