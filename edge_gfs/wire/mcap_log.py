@@ -10,6 +10,7 @@ The `mcap` package is imported on first use; without it, the caller gets one lin
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,7 +19,6 @@ from typing import Iterator
 
 import numpy as np
 
-from edge_gfs.core.files import install
 from edge_gfs.wire import foxglove_msgs as F
 
 
@@ -104,8 +104,10 @@ class McapLog:
 
     def _finish(self) -> None:
         self._writer.finish()
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
-        install(partial(self.parts[-1]), self.parts[-1])  # fsync, rename, fsync the folder
+        os.replace(partial(self.parts[-1]), self.parts[-1])
         self.closed_bytes += self.parts[-1].stat().st_size
         self._file = self._writer = None
 
